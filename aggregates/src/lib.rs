@@ -1,0 +1,1 @@
+//! Pure domain of annals (being built; see issue 3).
