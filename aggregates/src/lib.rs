@@ -1,8 +1,10 @@
 //! Pure domain of annals: commands, events, state, `decide`/`evolve` and upcasters.
 //! No I/O and no clock: the current time and the actor come in through [`CommandContext`].
 
+pub mod agent_session;
 pub mod error;
 mod event;
+pub mod governance;
 pub mod recurring;
 pub mod task;
 pub mod testing;

@@ -12,16 +12,14 @@
 use chrono::{DateTime, Utc};
 
 use crate::task::{CreateTask, RecurringSnapshot, TaskCommand, TaskCompleted, TaskEvent};
-use crate::values::{TaskId, derived_uuid};
+use crate::values::TaskId;
 
 // Bounds the catch-up loop for absurdly old due dates; after that we restart from completion.
 const MAX_CATCH_UP_STEPS: u32 = 10_000;
 
 /// Deterministic id of occurrence `occurrence` following `completed`.
 pub fn next_occurrence_id(completed: TaskId, occurrence: u32) -> TaskId {
-    let id = derived_uuid(&format!("task/{completed}/occurrence/{occurrence}"));
-    // A v5 UUID has version bits set, so it is never nil.
-    TaskId::new(id).unwrap_or(completed)
+    TaskId::derived(&format!("task/{completed}/occurrence/{occurrence}"))
 }
 
 /// Reacts to a task event: `Some(CreateTask)` exactly for `task.completed` of a recurring task.

@@ -14,7 +14,12 @@
 use chrono::{DateTime, TimeZone, Utc};
 use std::fmt::Debug;
 
+use crate::agent_session::{AgentSession, AgentSessionEvent, AgentSessionState};
 use crate::error::{DomainError, ErrorKind};
+use crate::governance::{
+    GovernanceDecision, GovernanceDecisionState, GovernanceEvent, GovernedCommand, GovernedEvents,
+    decide_governed,
+};
 use crate::{Aggregate, CommandContext, DomainEvent};
 
 /// The fixed "now" of [`ctx`]: 2025-01-27T12:00:00Z.
@@ -124,5 +129,86 @@ where
         let err = self.then_err(code);
         assert_eq!(err.kind(), kind, "unexpected kind for {code}");
         err
+    }
+}
+
+/// Starts a governed (decision + session) scenario from both streams' histories.
+pub fn given_governed(
+    decision: impl IntoIterator<Item = GovernanceEvent>,
+    session: impl IntoIterator<Item = AgentSessionEvent>,
+) -> GivenGoverned {
+    let decision: Vec<_> = decision.into_iter().collect();
+    let session: Vec<_> = session.into_iter().collect();
+    GivenGoverned {
+        decision: GovernanceDecision::replay(&decision),
+        session: AgentSession::replay(&session),
+        ctx: ctx(),
+    }
+}
+
+/// Both states of a governed command, waiting for the command.
+#[derive(Debug)]
+pub struct GivenGoverned {
+    decision: GovernanceDecisionState,
+    session: AgentSessionState,
+    ctx: CommandContext,
+}
+
+impl GivenGoverned {
+    /// Decides `command` with [`decide_governed`].
+    pub fn when(self, command: GovernedCommand) -> ThenGoverned {
+        let result = decide_governed(&self.decision, &self.session, command, &self.ctx);
+        ThenGoverned {
+            session: self.session,
+            result,
+        }
+    }
+}
+
+/// The outcome of a governed decision.
+#[derive(Debug)]
+pub struct ThenGoverned {
+    session: AgentSessionState,
+    result: Result<GovernedEvents, DomainError>,
+}
+
+impl ThenGoverned {
+    /// Asserts exactly these events per stream; returns the session state after them.
+    #[track_caller]
+    pub fn then(
+        self,
+        decision: impl IntoIterator<Item = GovernanceEvent>,
+        session: impl IntoIterator<Item = AgentSessionEvent>,
+    ) -> AgentSessionState {
+        let expected = GovernedEvents {
+            decision: decision.into_iter().collect(),
+            session: session.into_iter().collect(),
+        };
+        let got = self.then_ok();
+        assert_eq!(got, expected, "unexpected events");
+        got.session
+            .iter()
+            .fold(self.session, |s, e| AgentSession::evolve(s, e))
+    }
+
+    /// Asserts success and returns the events.
+    #[track_caller]
+    pub fn then_ok(&self) -> GovernedEvents {
+        match &self.result {
+            Ok(ev) => ev.clone(),
+            Err(err) => panic!("expected events, got error {err:?}"),
+        }
+    }
+
+    /// Asserts a rejection with `code`.
+    #[track_caller]
+    pub fn then_err(self, code: &str) -> DomainError {
+        match self.result {
+            Ok(events) => panic!("expected error {code}, got events {events:?}"),
+            Err(err) => {
+                assert_eq!(err.code(), code, "unexpected error: {err:?}");
+                err
+            }
+        }
     }
 }

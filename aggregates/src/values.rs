@@ -38,6 +38,12 @@ macro_rules! uuid_id {
                 Self::new(id)
             }
 
+            /// A deterministic UUID v5 id for `name` (never nil: v5 sets version bits).
+            #[allow(dead_code)]
+            pub(crate) fn derived(name: &str) -> Self {
+                $name(derived_uuid(name))
+            }
+
             /// The underlying UUID (also the event-store stream id where this is an aggregate id).
             pub fn as_uuid(&self) -> Uuid {
                 self.0
