@@ -1,0 +1,83 @@
+//! The annals event store: an append-only log of immutable events in Postgres.
+//!
+//! # Contract
+//!
+//! - **Atomic multi-stream append.** [`EventStore::append`] writes one or several streams in one
+//!   transaction, through one call of the SQL function `annals_append` (one round trip). Every
+//!   stream carries an [`ExpectedVersion`] (`Any`, `NoStream`, `Exact(n)`); if any check fails,
+//!   [`StoreError::WrongExpectedVersion`] is returned and nothing is written anywhere.
+//! - **Idempotency.** A batch made [`AppendBatch::idempotent`] under a command id is recorded in
+//!   `command_log` with a fingerprint of the request; a retry returns the original
+//!   [`AppendResult`] (`replayed = true`) and appends nothing, a different request under the
+//!   same id gets [`StoreError::CommandIdReused`].
+//! - **Envelope.** Each [`RecordedEvent`] has event id, stream id and type, stream version,
+//!   global position, tenant, event type, schema version, JSON payload, [`Metadata`] (actor,
+//!   actor type, command, correlation and causation ids, client ip and user agent) and
+//!   `recorded_at`.
+//! - **Tamper evidence.** `hash = SHA-256(previous hash in the stream || canonical envelope)`,
+//!   written at append over the exact stored bytes (payload and metadata are `json`, not
+//!   `jsonb`, so Postgres keeps them byte for byte). [`EventStore::verify_all`] recomputes every
+//!   chain in Rust ([`hash`]) and names the first bad event of each stream: changed bytes,
+//!   deleted or swapped rows, truncated tails. Events are also guarded by a trigger that refuses
+//!   UPDATE, DELETE and TRUNCATE.
+//! - **Reading.** Streams forward/backward from a version ([`EventStore::read_stream`]); all
+//!   events after a position in batches ([`EventStore::read_all`]); a live [`Subscription`]
+//!   woken by `LISTEN/NOTIFY` with catch-up reads.
+//!
+//! # Gap safety
+//!
+//! A `BIGSERIAL` position is taken when a row is inserted but becomes visible at commit, so a
+//! reader of "all after P" can see position 11 commit before 10 and skip 10 for good. We use
+//! the transaction id (`xid8`), not a gap-detecting timeout:
+//!
+//! 1. `annals_append` first takes transaction-scoped advisory locks on its streams (sorted, so
+//!    no deadlocks) and reads the stream heads. Neither assigns a transaction id.
+//! 2. Only then does it call `pg_current_xact_id()`, assigning the xid, and gives its events
+//!    the positions `xid * 65536 + i`. So position order *is* xid order.
+//! 3. Readers return an event only if its `tx_id < pg_snapshot_xmin(pg_current_snapshot())`
+//!    of the reading statement, i.e. every transaction with a smaller xid has finished. Every
+//!    event with a smaller position has a smaller-or-equal xid, so it is either visible
+//!    already or was rolled back and will never exist. What a reader sees is therefore always
+//!    a prefix of the final order, and continuing after the last seen position skips nothing.
+//!
+//! Why this over a gap-aware high-water mark: a high-water mark cannot tell a slow transaction
+//! from an aborted one without a timeout, i.e. it is either lossy or stalls; the xid rule is
+//! exact and an aborted transaction releases readers the moment it ends. Why step 1 matters:
+//! two appends to the same stream get xids in lock order, so per-stream version order, xid
+//! order and position order all agree. The costs: positions are sparse (like EventStoreDB's
+//! log positions), and a long-running transaction anywhere in the cluster holds delivery back
+//! (never loses anything): keep such transactions off the event store's cluster.
+//!
+//! # Layout
+//!
+//! - [`types`]: values in and out ([`AppendBatch`], [`RecordedEvent`], [`Position`], ...).
+//! - [`error`]: [`StoreError`], the one place where SQLSTATEs are interpreted.
+//! - `store`: [`EventStore`] append/read, checkpoints.
+//! - `subscription`: [`Subscription`], the live catch-up subscription.
+//! - [`hash`] and `verify`: the hash chain and its verifier ([`VerifyReport`]).
+//! - The schema lives in the workspace's `migrations/`; apply it with [`migrate`].
+
+pub mod error;
+pub mod hash;
+mod store;
+mod subscription;
+pub mod types;
+mod verify;
+
+pub use error::StoreError;
+pub use store::{EventStore, load_checkpoint, save_checkpoint};
+pub use subscription::{NOTIFY_CHANNEL, Subscription, SubscriptionOptions};
+pub use types::{
+    AllBatch, AppendBatch, AppendResult, AppendedEvent, Direction, ExpectedVersion, Metadata,
+    NewEvent, Position, RecordedEvent, StreamAppend, StreamHead, StreamId, StreamVersion,
+};
+pub use verify::{TamperKind, Tampering, VerifyReport};
+
+/// Every migration of the workspace (event store and read models), embedded at compile time.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Applies all pending migrations; safe to call from every process at start.
+pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), StoreError> {
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}

@@ -1,0 +1,416 @@
+//! [`EventStore`]: append, read, checkpoints.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use sqlx::postgres::{PgPool, PgRow};
+use sqlx::{Executor, Postgres, Row};
+use tracing::instrument;
+use uuid::Uuid;
+
+use crate::error::StoreError;
+use crate::hash;
+use crate::types::{
+    AllBatch, AppendBatch, AppendResult, Direction, MAX_EVENTS_PER_APPEND, Position, RecordedEvent,
+    StreamHead, StreamId, check_name,
+};
+
+/// Columns of a [`RecordedEvent`], as read by [`decode_event`]. A macro so that queries stay
+/// `&'static str` literals built with `concat!`, never formatted at run time.
+macro_rules! event_columns {
+    () => {
+        "global_position, event_id, stream_id, stream_type, stream_version, tenant_id, \
+         event_type, schema_version, payload::text AS payload, metadata::text AS metadata, \
+         recorded_at, hash"
+    };
+}
+pub(crate) use event_columns;
+
+/// The Postgres event store. Cheap to clone (it shares the pool).
+#[derive(Debug, Clone)]
+pub struct EventStore {
+    pool: PgPool,
+}
+
+impl EventStore {
+    /// A store over `pool`; the schema must be migrated (see [`crate::migrate`]).
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// The underlying pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Appends a batch atomically: every stream's expected version is checked and every event
+    /// is written in one transaction (one round trip), or nothing is written.
+    ///
+    /// With a command id, a retry with the same request returns the original result (with
+    /// `replayed = true`) and appends nothing; a different request under the same id fails
+    /// with [`StoreError::CommandIdReused`].
+    #[instrument(name = "event_store.append", skip_all, fields(
+        streams = batch.streams.len(),
+        events = tracing::field::Empty,
+        command_id = ?batch.command_id,
+        tenant = %batch.metadata.tenant,
+    ))]
+    pub async fn append(&self, batch: AppendBatch) -> Result<AppendResult, StoreError> {
+        let started = Instant::now();
+        let args = AppendArgs::build(&batch)?;
+        tracing::Span::current().record("events", args.ev_ids.len());
+
+        let outcome = sqlx::query_scalar::<_, sqlx::types::Json<AppendResult>>(
+            "SELECT annals_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(batch.command_id)
+        .bind(args.fingerprint.as_ref().map(|f| f.as_slice()))
+        .bind(&batch.metadata.tenant)
+        .bind(&args.stream_ids)
+        .bind(&args.stream_types)
+        .bind(&args.expected)
+        .bind(&args.ev_stream)
+        .bind(&args.ev_ids)
+        .bind(&args.ev_types)
+        .bind(&args.ev_schema_versions)
+        .bind(&args.ev_payloads)
+        .bind(&args.metadata)
+        .fetch_one(&self.pool)
+        .await
+        .map(|json| json.0)
+        .map_err(|e| match StoreError::from(e) {
+            StoreError::CommandIdReused { .. } => StoreError::CommandIdReused {
+                command_id: batch.command_id.unwrap_or_default(),
+            },
+            other => other,
+        });
+
+        let outcome_label = match &outcome {
+            Ok(r) if r.replayed => "replayed",
+            Ok(_) => "appended",
+            Err(StoreError::WrongExpectedVersion { .. }) => "conflict",
+            Err(StoreError::CommandIdReused { .. } | StoreError::DuplicateEventId) => "refused",
+            Err(_) => "error",
+        };
+        metrics::histogram!("annals_append_duration_seconds", "outcome" => outcome_label)
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("annals_appends_total", "outcome" => outcome_label).increment(1);
+        if let Ok(r) = &outcome
+            && !r.replayed
+        {
+            metrics::counter!("annals_events_appended_total").increment(r.events.len() as u64);
+        }
+        outcome
+    }
+
+    /// The stored result of a command that already appended, if any. Command handlers check
+    /// this before deciding, so that a retry is answered even when deciding again would now be
+    /// refused (e.g. a create whose aggregate exists since the first attempt).
+    pub async fn command_result(
+        &self,
+        command_id: Uuid,
+    ) -> Result<Option<AppendResult>, StoreError> {
+        let row = sqlx::query_scalar::<_, sqlx::types::Json<AppendResult>>(
+            "SELECT result FROM command_log WHERE command_id = $1",
+        )
+        .bind(command_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|json| AppendResult {
+            replayed: true,
+            ..json.0
+        }))
+    }
+
+    /// Reads up to `limit` events of a stream starting at version `from` (inclusive), forward
+    /// (ascending) or backward (descending).
+    pub async fn read_stream(
+        &self,
+        stream_id: &StreamId,
+        from: u64,
+        direction: Direction,
+        limit: u32,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let from = i64::try_from(from).unwrap_or(i64::MAX);
+        let sql = match direction {
+            Direction::Forward => concat!(
+                "SELECT ",
+                event_columns!(),
+                " FROM events WHERE stream_id = $1 AND stream_version >= $2 \
+                 ORDER BY stream_version LIMIT $3"
+            ),
+            Direction::Backward => concat!(
+                "SELECT ",
+                event_columns!(),
+                " FROM events WHERE stream_id = $1 AND stream_version <= $2 \
+                 ORDER BY stream_version DESC LIMIT $3"
+            ),
+        };
+        let rows = sqlx::query(sql)
+            .bind(stream_id.as_str())
+            .bind(from)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(decode_event).collect()
+    }
+
+    /// The current head of a stream, `None` if it does not exist.
+    pub async fn stream_head(
+        &self,
+        stream_id: &StreamId,
+    ) -> Result<Option<StreamHead>, StoreError> {
+        let row = sqlx::query(
+            "SELECT stream_id, stream_type, tenant_id, version, last_hash FROM streams \
+             WHERE stream_id = $1",
+        )
+        .bind(stream_id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| decode_head(&r)).transpose()
+    }
+
+    /// Reads up to `limit` events after `after` in global order.
+    ///
+    /// Gap-safe: an event is returned only when every event before it is final, so a reader
+    /// that continues from the last returned position never skips one (see the crate docs).
+    pub async fn read_all(&self, after: Position, limit: u32) -> Result<AllBatch, StoreError> {
+        read_all_on(&self.pool, after, limit, None).await
+    }
+
+    /// Like [`EventStore::read_all`], restricted to the given stream types.
+    pub async fn read_all_of_types(
+        &self,
+        after: Position,
+        limit: u32,
+        stream_types: &[String],
+    ) -> Result<AllBatch, StoreError> {
+        read_all_on(&self.pool, after, limit, Some(stream_types)).await
+    }
+
+    /// Position of the newest committed event (deliverable or not), `START` when empty.
+    pub async fn head_position(&self) -> Result<Position, StoreError> {
+        let pos: Option<i64> = sqlx::query_scalar("SELECT max(global_position) FROM events")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(Position(pos.unwrap_or(0)))
+    }
+
+    /// A checkpoint stored under `name`, `START` when there is none.
+    pub async fn load_checkpoint(&self, name: &str) -> Result<Position, StoreError> {
+        load_checkpoint(&self.pool, name).await
+    }
+}
+
+/// Reads a checkpoint on any executor (pool, connection or transaction).
+pub async fn load_checkpoint<'e, E>(executor: E, name: &str) -> Result<Position, StoreError>
+where
+    E: Executor<'e, Database = Postgres>,
+{
+    let pos: Option<i64> =
+        sqlx::query_scalar("SELECT position FROM subscription_checkpoints WHERE name = $1")
+            .bind(name)
+            .fetch_optional(executor)
+            .await?;
+    Ok(Position(pos.unwrap_or(0)))
+}
+
+/// Stores a checkpoint on any executor. Pass the consumer's transaction so that its effects
+/// and its checkpoint commit together (effectively-once processing).
+pub async fn save_checkpoint<'e, E>(
+    executor: E,
+    name: &str,
+    position: Position,
+) -> Result<(), StoreError>
+where
+    E: Executor<'e, Database = Postgres>,
+{
+    sqlx::query(
+        "INSERT INTO subscription_checkpoints (name, position, updated_at) VALUES ($1, $2, now()) \
+         ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = now()",
+    )
+    .bind(name)
+    .bind(position.0)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+async fn read_all_on<'e, E>(
+    executor: E,
+    after: Position,
+    limit: u32,
+    stream_types: Option<&[String]>,
+) -> Result<AllBatch, StoreError>
+where
+    E: Executor<'e, Database = Postgres>,
+{
+    // `deliverable` compares the row's xid with the xmin of this statement's own snapshot, so
+    // visibility and the cut-off come from the same instant.
+    const ALL: &str = concat!(
+        "SELECT ",
+        event_columns!(),
+        ", tx_id < pg_snapshot_xmin(pg_current_snapshot()) AS deliverable \
+         FROM events WHERE global_position > $1 ORDER BY global_position LIMIT $2"
+    );
+    const OF_TYPES: &str = concat!(
+        "SELECT ",
+        event_columns!(),
+        ", tx_id < pg_snapshot_xmin(pg_current_snapshot()) AS deliverable \
+         FROM events WHERE global_position > $1 AND stream_type = ANY($3) \
+         ORDER BY global_position LIMIT $2"
+    );
+    let query = sqlx::query(if stream_types.is_some() {
+        OF_TYPES
+    } else {
+        ALL
+    })
+    .bind(after.0)
+    .bind(i64::from(limit.max(1)));
+    let query = match stream_types {
+        Some(types) => query.bind(types),
+        None => query,
+    };
+    let rows = query.fetch_all(executor).await?;
+    let mut events = Vec::with_capacity(rows.len());
+    let mut held_back = false;
+    for row in &rows {
+        // Positions follow xid order, so the first held-back row ends the deliverable prefix.
+        if !row.try_get::<bool, _>("deliverable")? {
+            held_back = true;
+            break;
+        }
+        events.push(decode_event(row)?);
+    }
+    Ok(AllBatch { events, held_back })
+}
+
+pub(crate) fn decode_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
+    let hash: Vec<u8> = row.try_get("hash")?;
+    Ok(RecordedEvent {
+        global_position: Position(row.try_get("global_position")?),
+        event_id: row.try_get("event_id")?,
+        stream_id: row.try_get("stream_id")?,
+        stream_type: row.try_get("stream_type")?,
+        stream_version: non_negative(row.try_get("stream_version")?)?,
+        tenant_id: row.try_get("tenant_id")?,
+        event_type: row.try_get("event_type")?,
+        schema_version: u32::try_from(row.try_get::<i32, _>("schema_version")?)
+            .map_err(|_| StoreError::Corrupt("negative schema version".into()))?,
+        payload: row.try_get("payload")?,
+        metadata: row.try_get("metadata")?,
+        recorded_at: row.try_get("recorded_at")?,
+        hash: to_hash(hash)?,
+    })
+}
+
+pub(crate) fn decode_head(row: &PgRow) -> Result<StreamHead, StoreError> {
+    Ok(StreamHead {
+        stream_id: row.try_get("stream_id")?,
+        stream_type: row.try_get("stream_type")?,
+        tenant_id: row.try_get("tenant_id")?,
+        version: non_negative(row.try_get("version")?)?,
+        last_hash: to_hash(row.try_get("last_hash")?)?,
+    })
+}
+
+fn non_negative(v: i64) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt("negative version".into()))
+}
+
+fn to_hash(bytes: Vec<u8>) -> Result<[u8; 32], StoreError> {
+    <[u8; 32]>::try_from(bytes).map_err(|_| StoreError::Corrupt("hash is not 32 bytes".into()))
+}
+
+/// The batch flattened into the parallel arrays `annals_append` takes.
+struct AppendArgs {
+    fingerprint: Option<[u8; 32]>,
+    stream_ids: Vec<String>,
+    stream_types: Vec<String>,
+    expected: Vec<i64>,
+    ev_stream: Vec<i32>,
+    ev_ids: Vec<Uuid>,
+    ev_types: Vec<String>,
+    ev_schema_versions: Vec<i32>,
+    ev_payloads: Vec<String>,
+    metadata: String,
+}
+
+impl AppendArgs {
+    /// Validates the batch and flattens it; every refusal here writes nothing.
+    fn build(batch: &AppendBatch) -> Result<Self, StoreError> {
+        let invalid = |field, reason: &str| StoreError::InvalidInput {
+            field,
+            reason: reason.into(),
+        };
+        if batch.streams.is_empty() {
+            return Err(invalid("streams", "a batch needs at least one stream"));
+        }
+        check_name("tenant", &batch.metadata.tenant)?;
+        check_name("actor", &batch.metadata.actor)?;
+        check_name("actor_type", &batch.metadata.actor_type)?;
+        let total: usize = batch.streams.iter().map(|s| s.events.len()).sum();
+        if total > MAX_EVENTS_PER_APPEND {
+            return Err(StoreError::InvalidInput {
+                field: "events",
+                reason: format!("at most {MAX_EVENTS_PER_APPEND} events per append"),
+            });
+        }
+
+        let mut seen = HashSet::with_capacity(batch.streams.len());
+        let mut args = Self {
+            fingerprint: batch.command_id.map(|_| {
+                batch
+                    .fingerprint
+                    .unwrap_or_else(|| hash::fingerprint(batch))
+            }),
+            stream_ids: Vec::with_capacity(batch.streams.len()),
+            stream_types: Vec::with_capacity(batch.streams.len()),
+            expected: Vec::with_capacity(batch.streams.len()),
+            ev_stream: Vec::with_capacity(total),
+            ev_ids: Vec::with_capacity(total),
+            ev_types: Vec::with_capacity(total),
+            ev_schema_versions: Vec::with_capacity(total),
+            ev_payloads: Vec::with_capacity(total),
+            metadata: serde_json::to_string(&batch.metadata).map_err(|e| {
+                StoreError::InvalidInput {
+                    field: "metadata",
+                    reason: e.to_string(),
+                }
+            })?,
+        };
+        for (index, stream) in batch.streams.iter().enumerate() {
+            if !seen.insert(stream.stream_id.as_str()) {
+                return Err(invalid(
+                    "streams",
+                    "a stream may appear only once per batch",
+                ));
+            }
+            if stream.events.is_empty() {
+                return Err(invalid(
+                    "events",
+                    "every stream of a batch needs at least one event",
+                ));
+            }
+            check_name("stream_type", &stream.stream_type)?;
+            args.stream_ids.push(stream.stream_id.as_str().to_owned());
+            args.stream_types.push(stream.stream_type.clone());
+            args.expected.push(stream.expected.to_sql()?);
+            // The index is 1-based in SQL; `total` is bounded above, so it fits.
+            let sql_index = i32::try_from(index + 1).unwrap_or(i32::MAX);
+            for event in &stream.events {
+                check_name("event_type", &event.event_type)?;
+                let schema_version = i32::try_from(event.schema_version)
+                    .ok()
+                    .filter(|v| *v > 0)
+                    .ok_or_else(|| invalid("schema_version", "must be between 1 and 2^31-1"))?;
+                args.ev_stream.push(sql_index);
+                args.ev_ids.push(event.event_id);
+                args.ev_types.push(event.event_type.clone());
+                args.ev_schema_versions.push(schema_version);
+                args.ev_payloads.push(event.payload.to_string());
+            }
+        }
+        Ok(args)
+    }
+}
