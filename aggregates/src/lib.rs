@@ -5,6 +5,7 @@ pub mod agent_session;
 pub mod error;
 mod event;
 pub mod governance;
+pub mod problem;
 pub mod recurring;
 pub mod task;
 pub mod testing;

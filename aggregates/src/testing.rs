@@ -186,9 +186,7 @@ impl ThenGoverned {
         };
         let got = self.then_ok();
         assert_eq!(got, expected, "unexpected events");
-        got.session
-            .iter()
-            .fold(self.session, |s, e| AgentSession::evolve(s, e))
+        got.session.iter().fold(self.session, AgentSession::evolve)
     }
 
     /// Asserts success and returns the events.
