@@ -3,6 +3,8 @@
 
 use uuid::Uuid;
 
+use crate::types::ExpectedVersion;
+
 /// Everything that can go wrong in the event store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -20,8 +22,8 @@ pub enum StoreError {
     WrongExpectedVersion {
         /// The stream whose check failed.
         stream_id: String,
-        /// What the writer expected (-1 any, 0 no stream, n exact).
-        expected: i64,
+        /// What the writer expected.
+        expected: ExpectedVersion,
         /// The stream's current version, `None` when it does not exist.
         actual: Option<u64>,
     },
@@ -87,7 +89,9 @@ impl From<sqlx::Error> for StoreError {
                     stream_id: field("stream_id")
                         .and_then(|v| v.as_str().map(str::to_owned))
                         .unwrap_or_default(),
-                    expected: field("expected").and_then(|v| v.as_i64()).unwrap_or(-1),
+                    expected: ExpectedVersion::from_sql(
+                        field("expected").and_then(|v| v.as_i64()).unwrap_or(-1),
+                    ),
                     actual: field("actual").and_then(|v| v.as_u64()),
                 }
             }
@@ -106,7 +110,7 @@ impl From<sqlx::Error> for StoreError {
                 Some("events_event_id_key") => Self::DuplicateEventId,
                 Some("events_stream_version_key" | "streams_pkey") => Self::WrongExpectedVersion {
                     stream_id: String::new(),
-                    expected: -1,
+                    expected: ExpectedVersion::Any,
                     actual: None,
                 },
                 _ => Self::Database(err),

@@ -104,7 +104,26 @@ pub enum ExpectedVersion {
     Exact(u64),
 }
 
+impl fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Any => f.write_str("any"),
+            Self::NoStream => f.write_str("no stream"),
+            Self::Exact(n) => write!(f, "version {n}"),
+        }
+    }
+}
+
 impl ExpectedVersion {
+    /// Inverse of [`ExpectedVersion::to_sql`].
+    pub(crate) fn from_sql(v: i64) -> Self {
+        match v {
+            0 => Self::NoStream,
+            n if n > 0 => Self::Exact(n.unsigned_abs()),
+            _ => Self::Any,
+        }
+    }
+
     /// Encoding understood by `annals_append`: -1 any, 0 no stream, n exact.
     pub(crate) fn to_sql(self) -> Result<i64, StoreError> {
         match self {

@@ -64,7 +64,7 @@ async fn sixteen_concurrent_writers_exactly_one_wins(pool: PgPool) {
                 actual,
             } => {
                 assert_eq!(stream_id, "s-1");
-                assert_eq!(expected, 1);
+                assert_eq!(expected, ExpectedVersion::Exact(1));
                 assert_eq!(actual, Some(4));
             }
             other => panic!("expected a conflict, got {other:?}"),

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# All tests against real services: starts Postgres when needed, then format, lint and test.
+# Build artifacts stay in target/ between runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATABASE_URL="$(deploy/local/postgres.sh)"
+export DATABASE_URL
+echo "== using $DATABASE_URL"
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+else
+  cargo test --workspace --locked --no-fail-fast
+fi
