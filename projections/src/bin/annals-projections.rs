@@ -1,0 +1,343 @@
+//! `annals-projections`: the projection worker and its operator commands.
+//!
+//! ```text
+//! annals-projections run                      # all projections + reactors, store as source
+//! annals-projections run --kafka-bootstrap 127.0.0.1:9092   # consume Kafka instead
+//! annals-projections rebuild tasks            # or `all`; progress bar on stderr
+//! annals-projections dead-letters list [--projection tasks] [--all]
+//! annals-projections dead-letters retry tasks [--stream <id>]
+//! annals-projections dead-letters skip tasks <event-id>
+//! annals-projections lag
+//! ```
+//!
+//! Every flag also reads an environment variable (see `--help`); migrations are applied at start.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use event_store::EventStore;
+use projections::reactors::{InAppInbox, RecurringTasks, ReminderScheduler};
+use projections::rebuild::{RebuildOptions, rebuild};
+use projections::source::{EventSource, KafkaSource, KafkaSourceConfig, StoreSource};
+use projections::{Projection, Runner, RunnerOptions, dead_letters, lag, models};
+use sqlx::postgres::PgPoolOptions;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(name = "annals-projections", version, about = "annals read side: projections, rebuild, dead letters")]
+struct Cli {
+    /// Postgres holding the event store and the read models.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    /// Connections in the pool.
+    #[arg(long, env = "ANNALS_DB_POOL", default_value_t = 16)]
+    pool_size: u32,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run projections (and the reactors) until SIGINT/SIGTERM.
+    Run(RunArgs),
+    /// Rebuild a projection (or `all`) from the store into fresh tables and swap them in.
+    Rebuild {
+        /// Projection name or `all`.
+        projection: String,
+        /// Events per transaction.
+        #[arg(long, default_value_t = 1000)]
+        batch_size: u32,
+        /// No progress bar.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Inspect and resolve dead letters.
+    DeadLetters {
+        #[command(subcommand)]
+        command: DeadLetterCommand,
+    },
+    /// Print the lag of every projection.
+    Lag,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Comma-separated projections to run, or `all`.
+    #[arg(long, env = "ANNALS_PROJECTIONS", default_value = "all")]
+    projections: String,
+    /// Kafka bootstrap servers; when set, projections consume Kafka instead of the store.
+    #[arg(long, env = "KAFKA_BOOTSTRAP")]
+    kafka_bootstrap: Option<String>,
+    /// Kafka topic prefix (topic = prefix + stream type with '_' as '-').
+    #[arg(long, env = "ANNALS_TOPIC_PREFIX", default_value = "annals.")]
+    topic_prefix: String,
+    /// Consumer group prefix; each projection's group is prefix + its name.
+    #[arg(long, env = "ANNALS_GROUP_PREFIX", default_value = "annals.projections.")]
+    group_prefix: String,
+    /// Events per batch (per transaction).
+    #[arg(long, env = "ANNALS_BATCH_SIZE", default_value_t = 500)]
+    batch_size: u32,
+    /// Attempts per event before it is dead-lettered.
+    #[arg(long, env = "ANNALS_MAX_ATTEMPTS", default_value_t = 3)]
+    max_attempts: u32,
+    /// Prometheus metrics address (text format at any path).
+    #[arg(long, env = "ANNALS_METRICS_ADDR", default_value = "127.0.0.1:9464")]
+    metrics_addr: SocketAddr,
+    /// Do not run the reminder scheduler and the recurring-task manager.
+    #[arg(long, env = "ANNALS_NO_REACTORS")]
+    no_reactors: bool,
+    /// Seconds between reminder scans.
+    #[arg(long, env = "ANNALS_REMINDER_INTERVAL_SECS", default_value_t = 5)]
+    reminder_interval_secs: u64,
+    /// Seconds between lag samples.
+    #[arg(long, env = "ANNALS_LAG_INTERVAL_SECS", default_value_t = 5)]
+    lag_interval_secs: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadLetterCommand {
+    /// List open dead letters.
+    List {
+        /// Only this projection.
+        #[arg(long)]
+        projection: Option<String>,
+        /// Include resolved and skipped ones.
+        #[arg(long)]
+        all: bool,
+        /// Most rows.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Retry the parked streams of a projection, in stream order.
+    Retry {
+        /// Projection.
+        projection: String,
+        /// Only this stream.
+        #[arg(long)]
+        stream: Option<String>,
+    },
+    /// Skip one failed event (never applied) and retry the rest of its stream.
+    Skip {
+        /// Projection.
+        projection: String,
+        /// The failed event.
+        event_id: uuid::Uuid,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let pool = PgPoolOptions::new()
+        .max_connections(cli.pool_size)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(&cli.database_url)
+        .await
+        .context("connecting to Postgres")?;
+    event_store::migrate(&pool).await.context("applying migrations")?;
+    let store = EventStore::new(pool.clone());
+
+    match cli.command {
+        Command::Run(args) => run(store, args).await,
+        Command::Rebuild {
+            projection,
+            batch_size,
+            no_progress,
+        } => {
+            let targets = select(&projection)?;
+            let options = RebuildOptions {
+                batch_size,
+                progress: !no_progress,
+                ..RebuildOptions::default()
+            };
+            for p in targets {
+                let report = rebuild(&store, p.clone(), &options).await?;
+                println!(
+                    "{}: {} events, position {}, {:.1}s",
+                    p.name(),
+                    report.events,
+                    report.position,
+                    report.elapsed.as_secs_f64()
+                );
+            }
+            Ok(())
+        }
+        Command::DeadLetters { command } => dead_letter_command(&store, command).await,
+        Command::Lag => {
+            for p in models::all() {
+                let l = lag::measure(&pool, p.as_ref()).await?;
+                println!("{:<16} {:>10} events {:>10.1} s", p.name(), l.events, l.seconds);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn select(names: &str) -> anyhow::Result<Vec<Arc<dyn Projection>>> {
+    if names == "all" {
+        return Ok(models::all());
+    }
+    names
+        .split(',')
+        .map(|n| {
+            models::by_name(n.trim()).with_context(|| {
+                let known: Vec<&str> = models::all().iter().map(|p| p.name()).collect();
+                format!("unknown projection {n:?}; known: {}", known.join(", "))
+            })
+        })
+        .collect()
+}
+
+async fn dead_letter_command(store: &EventStore, command: DeadLetterCommand) -> anyhow::Result<()> {
+    match command {
+        DeadLetterCommand::List {
+            projection,
+            all,
+            limit,
+        } => {
+            let rows = dead_letters::list(store.pool(), projection.as_deref(), all, limit).await?;
+            for d in &rows {
+                println!(
+                    "{} {} pos={} stream={} v{} {} [{} {}] attempts={} {}",
+                    d.projection,
+                    d.event_id,
+                    d.global_position,
+                    d.stream_id,
+                    d.stream_version,
+                    d.event_type,
+                    d.kind,
+                    d.status,
+                    d.attempts,
+                    d.error
+                );
+            }
+            println!("{} dead letter(s)", rows.len());
+        }
+        DeadLetterCommand::Retry { projection, stream } => {
+            let Some(p) = models::by_name(&projection) else {
+                bail!("unknown projection {projection:?}");
+            };
+            let report = dead_letters::retry(store, p.as_ref(), stream.as_deref()).await?;
+            println!("{report:?}");
+        }
+        DeadLetterCommand::Skip {
+            projection,
+            event_id,
+        } => {
+            let Some(p) = models::by_name(&projection) else {
+                bail!("unknown projection {projection:?}");
+            };
+            match dead_letters::skip(store, p.as_ref(), event_id).await? {
+                Some(report) => println!("{report:?}"),
+                None => bail!("no open dead letter {event_id} in {projection}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn run(store: EventStore, args: RunArgs) -> anyhow::Result<()> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(args.metrics_addr)
+        .install()
+        .context("starting the metrics listener")?;
+    let projections = select(&args.projections)?;
+    let shutdown = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    let options = RunnerOptions {
+        max_attempts: args.max_attempts,
+        ..RunnerOptions::default()
+    };
+    for p in &projections {
+        let runner = Runner::new(store.clone(), p.clone(), options.clone());
+        let mut source: Box<dyn EventSource> = match &args.kafka_bootstrap {
+            Some(bootstrap) => {
+                let mut cfg = KafkaSourceConfig::new(bootstrap.clone(), p.name());
+                cfg.topic_prefix = args.topic_prefix.clone();
+                cfg.group_id = format!("{}{}", args.group_prefix, p.name());
+                cfg.batch_size = args.batch_size as usize;
+                let types: Vec<&str> = match p.stream_types() {
+                    Some(t) => t.to_vec(),
+                    None => ALL_STREAM_TYPES.to_vec(),
+                };
+                Box::new(KafkaSource::new(cfg, &types))
+            }
+            None => Box::new(StoreSource::new(
+                store.clone(),
+                p.checkpoint_name(),
+                p.stream_types(),
+                args.batch_size,
+            )),
+        };
+        let token = shutdown.clone();
+        tracing::info!(projection = p.name(), kafka = args.kafka_bootstrap.is_some(), "starting projection");
+        tasks.spawn(async move { runner.run(source.as_mut(), &token).await });
+    }
+    if !args.no_reactors {
+        let recurring = RecurringTasks::new(store.clone());
+        let token = shutdown.clone();
+        tasks.spawn(async move { recurring.run(&token).await });
+        let mut scheduler =
+            ReminderScheduler::new(store.clone(), Arc::new(InAppInbox::new(store.pool().clone())));
+        scheduler.interval = Duration::from_secs(args.reminder_interval_secs.max(1));
+        let token = shutdown.clone();
+        tasks.spawn(async move { scheduler.run(&token).await });
+    }
+    tokio::spawn(lag::sample(
+        store.pool().clone(),
+        projections.clone(),
+        Duration::from_secs(args.lag_interval_secs.max(1)),
+        shutdown.clone(),
+    ));
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: finishing in-flight batches");
+    shutdown.cancel();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::error!(error = %err, "worker task failed"),
+            Err(err) => tracing::error!(error = %err, "worker task panicked"),
+        }
+    }
+    Ok(())
+}
+
+/// Stream types of the domain, for projections that consume all of them from Kafka topics.
+const ALL_STREAM_TYPES: &[&str] = &["problem", "task", "agent_session", "governance_decision"];
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %err, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = ctrl_c => {}
+            () = term => {}
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await;
+}

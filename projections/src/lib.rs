@@ -1,0 +1,54 @@
+//! The read side of annals: projections that turn events into Postgres read models, an audit log
+//! and summaries, plus the reactors (reminder scheduler, recurring-task manager) that turn events
+//! into commands.
+//!
+//! # How events are applied
+//!
+//! A [`Projection`] handles the events of some stream types. The [`Runner`] feeds it batches
+//! from an [`EventSource`] (the Postgres store, the embedded default, or Kafka topics) and
+//! applies each batch in **one** Postgres transaction that also records, per stream, the last
+//! applied stream version (`projection_streams`) and, in store mode, the projection's checkpoint.
+//! Consequences:
+//!
+//! - **Redelivery never double-applies.** An event whose version is not above the stream's
+//!   recorded version is skipped. This is the dedupe for Kafka, whose redeliveries can arrive in
+//!   any order across partitions; per-stream versions (one row per stream, not one per event)
+//!   also refuse to apply a stream out of order. A version gap (impossible from the store, and
+//!   from Kafka only after a lost message) is filled by reading the missing events from the store.
+//! - **Source offsets are committed after the transaction.** A crash in between redelivers the
+//!   batch, which the versions turn into no-ops.
+//! - **Poison events.** A batch is first applied without savepoints (fast path). If a handler
+//!   fails, the transaction is rolled back and the batch replayed carefully: each event in a
+//!   savepoint, retried a bounded number of times, then written to `projection_dead_letters`
+//!   with its error. Later events of the *same* stream are parked behind it (also in the dead
+//!   letter table, kind `parked`) so that no stream is ever applied with a hole; other streams
+//!   keep moving. `annals-projections dead-letters retry|skip` resolves them in stream order.
+//! - **Rebuild** ([`rebuild`]) replays the store into a shadow schema with the same handlers and
+//!   swaps the result in atomically; live runners are fenced by an advisory lock and by the
+//!   checkpoint check, and resume from the swapped-in checkpoint.
+//!
+//! # Layout
+//!
+//! - [`projection`]: the [`Projection`] trait and [`ProjectionError`].
+//! - [`runner`]: applying batches (dedupe, parking, dead letters, checkpoints) and the run loop.
+//! - [`source`]: [`EventSource`] with [`source::StoreSource`] and [`source::KafkaSource`].
+//! - [`models`]: the projections: problems, tasks, agent sessions, governance, audit log.
+//! - [`dead_letters`]: list, retry and skip.
+//! - [`rebuild`]: shadow-schema rebuild with progress and atomic swap.
+//! - [`reactors`]: recurring-task manager and reminder scheduler (with the in-app inbox channel).
+//! - [`lag`]: lag gauges per projection.
+//!
+//! The SQL schema is in the workspace's `migrations/2026112300002*`.
+
+pub mod dead_letters;
+pub mod lag;
+pub mod models;
+pub mod projection;
+pub mod reactors;
+pub mod rebuild;
+pub mod runner;
+pub mod source;
+
+pub use projection::{Projection, ProjectionError};
+pub use runner::{BatchStats, Runner, RunnerOptions};
+pub use source::EventSource;

@@ -1,0 +1,81 @@
+//! The projections of this crate and the fixed list of them.
+//!
+//! | projection | stream types | tables |
+//! |---|---|---|
+//! | `problems` | `problem` | problems, frames, tree nodes, node priorities, analysis plans, results, artifacts, recommendations, deliverables, feedback; `problem_pipeline_summary` |
+//! | `tasks` | `task` | tasks, task_reminders; `task_user_summary` (overdue derived at query time by `task_user_summary_view` / `overdue_tasks`) |
+//! | `agent_sessions` | `agent_session` | agent_sessions, agent_session_personas; `user_activity`, `cost_daily` (views `active_agent_sessions`, `user_activity_view`) |
+//! | `governance` | `governance_decision` | governance_decisions; `governance_daily` (view `governance_approval_rates`) |
+//! | `audit` | all | audit_log, audit_resource_state |
+
+use std::sync::Arc;
+
+use aggregates::DomainEvent;
+use chrono::{DateTime, Utc};
+use event_store::RecordedEvent;
+use rust_decimal::Decimal;
+
+use crate::projection::{Projection, ProjectionError};
+
+pub mod audit;
+pub mod governance;
+pub mod problems;
+pub mod sessions;
+pub mod tasks;
+
+/// Every projection, in a fixed order.
+pub fn all() -> Vec<Arc<dyn Projection>> {
+    vec![
+        Arc::new(problems::ProblemsProjection),
+        Arc::new(tasks::TasksProjection),
+        Arc::new(sessions::AgentSessionsProjection),
+        Arc::new(governance::GovernanceProjection),
+        Arc::new(audit::AuditProjection),
+    ]
+}
+
+/// The projection called `name`.
+pub fn by_name(name: &str) -> Option<Arc<dyn Projection>> {
+    all().into_iter().find(|p| p.name() == name)
+}
+
+/// Decodes (and upcasts) an event of aggregate event type `E`.
+pub(crate) fn decode<E: DomainEvent>(event: &RecordedEvent) -> Result<E, ProjectionError> {
+    let payload = event
+        .payload_json()
+        .map_err(|e| ProjectionError::decode(event, e))?;
+    E::from_stored(&event.event_type, event.schema_version, payload)
+        .map_err(|e| ProjectionError::decode(event, e))
+}
+
+/// JSON of any serialisable value (sub-structures stored as JSONB).
+pub(crate) fn json<T: serde::Serialize>(value: &T) -> sqlx::types::Json<serde_json::Value> {
+    sqlx::types::Json(serde_json::to_value(value).unwrap_or(serde_json::Value::Null))
+}
+
+/// A decimal as text for a `$n::numeric` parameter (exact; sqlx has no decimal feature here).
+pub(crate) fn num(d: Decimal) -> String {
+    d.to_string()
+}
+
+/// Seconds between two instants, exact to the microsecond, as NUMERIC text.
+pub(crate) fn seconds_between(from: DateTime<Utc>, to: DateTime<Utc>) -> String {
+    let micros = (to - from).num_microseconds().unwrap_or(0).max(0);
+    Decimal::new(micros, 6).normalize().to_string()
+}
+
+/// The stream version as BIGINT.
+pub(crate) fn version(event: &RecordedEvent) -> i64 {
+    i64::try_from(event.stream_version).unwrap_or(i64::MAX)
+}
+
+/// Fails when an UPDATE that must hit a row hit none.
+pub(crate) fn expect_row(
+    result: sqlx::postgres::PgQueryResult,
+    what: &str,
+) -> Result<(), ProjectionError> {
+    if result.rows_affected() == 0 {
+        return Err(ProjectionError::Inconsistent(format!("{what} not found")));
+    }
+    Ok(())
+}

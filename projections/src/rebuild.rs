@@ -1,0 +1,302 @@
+//! Rebuilding a projection from the store into fresh tables and swapping them in atomically.
+//!
+//! 1. Fresh, empty copies of the projection's tables and of the runner's bookkeeping tables are
+//!    created in the schema `annals_rebuild` (`CREATE TABLE .. (LIKE .. INCLUDING ALL)`). Table
+//!    names come from the projection's fixed internal list ([`Projection::tables`]), never from
+//!    input; that is the one place where SQL text is assembled with `format!`.
+//! 2. The store is replayed into them with the very same handlers: the runner's transactions set
+//!    `search_path` to the shadow schema first. The live tables keep serving meanwhile. A
+//!    progress bar shows events/s and the ETA.
+//! 3. The swap takes the projection's advisory lock exclusively, which waits for in-flight live
+//!    batches and holds new ones. If the store has events the shadow has not seen yet, the lock
+//!    is released and the shadow catches up again. Otherwise, in that one transaction, the live
+//!    tables' rows are replaced by the shadow's (DELETE + INSERT, so readers see the old model
+//!    until commit; the append-only audit log is truncated under the transaction-local
+//!    `annals.audit_swap` setting), the per-stream versions and dead letters are replaced, and
+//!    the checkpoint is set to the shadow's position. A live store runner notices the moved
+//!    checkpoint (it is fenced) and resumes from it; a Kafka runner dedupes by stream version.
+//!
+//! One rebuild runs at a time (a session advisory lock), because the bookkeeping tables of the
+//! shadow schema are shared.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use event_store::{AllBatch, EventStore, Position};
+use indicatif::{ProgressBar, ProgressStyle};
+use sqlx::{Connection, PgConnection};
+
+use crate::projection::{Projection, ProjectionError};
+use crate::runner::{Runner, RunnerOptions, Target};
+
+/// Runner tables copied along with a projection's own tables (rows filtered by projection).
+const BOOKKEEPING: &[&str] = &["projection_streams", "projection_dead_letters"];
+
+/// Session advisory lock key serialising rebuilds (`hashtext('annals:rebuild')` is not stable
+/// across versions, so a constant).
+const REBUILD_LOCK: i64 = 0x616e_6e61_6c73_7262;
+
+/// Settings of a rebuild.
+#[derive(Debug, Clone)]
+pub struct RebuildOptions {
+    /// Events per read and per transaction.
+    pub batch_size: u32,
+    /// Draw a progress bar on stderr.
+    pub progress: bool,
+    /// Runner settings (retries before a dead letter).
+    pub runner: RunnerOptions,
+}
+
+impl Default for RebuildOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 1000,
+            progress: false,
+            runner: RunnerOptions::default(),
+        }
+    }
+}
+
+/// What a rebuild did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RebuildReport {
+    /// Events read (all of the projection's stream types).
+    pub events: u64,
+    /// Position the swapped-in model reflects.
+    pub position: Position,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// Rebuilds `projection` from the store and swaps the result in.
+pub async fn rebuild(
+    store: &EventStore,
+    projection: Arc<dyn Projection>,
+    options: &RebuildOptions,
+) -> Result<RebuildReport, ProjectionError> {
+    let started = Instant::now();
+    let name = projection.name();
+    let span = tracing::info_span!("projection.rebuild", projection = name);
+    let _enter = span.enter();
+    let mut lock_conn = store.pool().acquire().await?.detach();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(REBUILD_LOCK)
+        .execute(&mut lock_conn)
+        .await?;
+    let result = rebuild_locked(store, projection, options).await;
+    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(REBUILD_LOCK)
+        .execute(&mut lock_conn)
+        .await;
+    let _ = lock_conn.close().await;
+    let (events, position) = result?;
+    let report = RebuildReport {
+        events,
+        position,
+        elapsed: started.elapsed(),
+    };
+    tracing::info!(projection = name, events, position = position.0,
+        elapsed_ms = report.elapsed.as_millis() as u64, "rebuild swapped in");
+    Ok(report)
+}
+
+async fn rebuild_locked(
+    store: &EventStore,
+    projection: Arc<dyn Projection>,
+    options: &RebuildOptions,
+) -> Result<(u64, Position), ProjectionError> {
+    let tables = shadow_tables(projection.as_ref())?;
+    let mut conn = store.pool().acquire().await?;
+    sqlx::query("CREATE SCHEMA IF NOT EXISTS annals_rebuild")
+        .execute(&mut *conn)
+        .await?;
+    for table in &tables {
+        sqlx::query(&format!("DROP TABLE IF EXISTS annals_rebuild.{table}"))
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query(&format!(
+            "CREATE TABLE annals_rebuild.{table} (LIKE public.{table} INCLUDING ALL)"
+        ))
+        .execute(&mut *conn)
+        .await?;
+    }
+    drop(conn);
+
+    let types: Option<Vec<String>> = projection
+        .stream_types()
+        .map(|t| t.iter().map(|s| (*s).to_owned()).collect());
+    let total: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE $1::text[] IS NULL OR stream_type = ANY($1)",
+    )
+    .bind(&types)
+    .fetch_one(store.pool())
+    .await?;
+    let bar = if options.progress {
+        let bar = ProgressBar::new(u64::try_from(total).unwrap_or(0));
+        if let Ok(style) = ProgressStyle::with_template(
+            "{msg:>16} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} events \
+             {per_sec} ETA {eta}",
+        ) {
+            bar.set_style(style);
+        }
+        bar.set_message(projection.name());
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+
+    let runner = Runner::new(store.clone(), projection.clone(), options.runner.clone());
+    let mut position = Position::START;
+    let mut events = 0_u64;
+    loop {
+        let n = catch_up(store, &runner, &types, &mut position, options, &bar).await?;
+        events += n;
+        if swap(store, projection.as_ref(), &types, position, &tables).await? {
+            break;
+        }
+    }
+    bar.finish();
+    let mut conn = store.pool().acquire().await?;
+    for table in &tables {
+        sqlx::query(&format!("DROP TABLE IF EXISTS annals_rebuild.{table}"))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok((events, position))
+}
+
+/// Fixed table names of the projection plus the bookkeeping tables, checked to be plain
+/// identifiers (defence in depth: they are interpolated into DDL).
+fn shadow_tables(projection: &dyn Projection) -> Result<Vec<&'static str>, ProjectionError> {
+    let tables: Vec<&'static str> = projection
+        .tables()
+        .iter()
+        .chain(BOOKKEEPING)
+        .copied()
+        .collect();
+    for t in &tables {
+        if t.is_empty() || !t.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+            return Err(ProjectionError::Inconsistent(format!(
+                "table name {t:?} is not a plain identifier"
+            )));
+        }
+    }
+    Ok(tables)
+}
+
+async fn read(
+    store: &EventStore,
+    types: &Option<Vec<String>>,
+    after: Position,
+    limit: u32,
+) -> Result<AllBatch, ProjectionError> {
+    Ok(match types {
+        Some(types) => store.read_all_of_types(after, limit, types).await?,
+        None => store.read_all(after, limit).await?,
+    })
+}
+
+/// Replays everything after `position` into the shadow tables.
+async fn catch_up(
+    store: &EventStore,
+    runner: &Runner,
+    types: &Option<Vec<String>>,
+    position: &mut Position,
+    options: &RebuildOptions,
+    bar: &ProgressBar,
+) -> Result<u64, ProjectionError> {
+    let mut count = 0;
+    loop {
+        let batch = read(store, types, *position, options.batch_size).await?;
+        if batch.events.is_empty() {
+            if batch.held_back {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+            return Ok(count);
+        }
+        runner
+            .process_to(&batch.events, None, Target::Shadow)
+            .await?;
+        *position = batch.next_after(*position);
+        let n = batch.events.len() as u64;
+        count += n;
+        bar.inc(n);
+        // The projection's events may outnumber the count taken at the start.
+        if bar.position() > bar.length().unwrap_or(0) {
+            bar.set_length(bar.position());
+        }
+    }
+}
+
+/// Swaps the shadow tables in if the shadow is at the store's head; `false` = catch up first.
+async fn swap(
+    store: &EventStore,
+    projection: &dyn Projection,
+    types: &Option<Vec<String>>,
+    position: Position,
+    tables: &[&'static str],
+) -> Result<bool, ProjectionError> {
+    let name = projection.name();
+    let mut tx = store.pool().begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(projection.checkpoint_name())
+        .execute(&mut *tx)
+        .await?;
+    let pending = read(store, types, position, 1).await?;
+    if !pending.events.is_empty() || pending.held_back {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    for table in projection.tables() {
+        copy_table(&mut tx, table).await?;
+    }
+    for table in BOOKKEEPING {
+        sqlx::query(&format!("DELETE FROM public.{table} WHERE projection = $1"))
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&format!(
+            "INSERT INTO public.{table} SELECT * FROM annals_rebuild.{table} WHERE projection = $1"
+        ))
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    }
+    event_store::save_checkpoint(&mut *tx, &projection.checkpoint_name(), position).await?;
+    sqlx::query(
+        "INSERT INTO projection_progress (projection, position, updated_at) VALUES ($1, $2, now()) \
+         ON CONFLICT (projection) DO UPDATE SET position = excluded.position, updated_at = now()",
+    )
+    .bind(name)
+    .bind(position.0)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    debug_assert!(tables.len() >= projection.tables().len());
+    Ok(true)
+}
+
+async fn copy_table(conn: &mut PgConnection, table: &str) -> Result<(), ProjectionError> {
+    if table == "audit_log" {
+        sqlx::query("SET LOCAL annals.audit_swap = 'on'")
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("TRUNCATE public.audit_log")
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("SET LOCAL annals.audit_swap = 'off'")
+            .execute(&mut *conn)
+            .await?;
+    } else {
+        sqlx::query(&format!("DELETE FROM public.{table}"))
+            .execute(&mut *conn)
+            .await?;
+    }
+    sqlx::query(&format!(
+        "INSERT INTO public.{table} SELECT * FROM annals_rebuild.{table}"
+    ))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
