@@ -122,6 +122,32 @@ impl EventStore {
         }))
     }
 
+    /// Like [`EventStore::command_result`], but also checks the request: a command id stored
+    /// with a different `fingerprint` fails with [`StoreError::CommandIdReused`]. Lets a handler
+    /// refuse a reused id before deciding, exactly as the append itself would.
+    pub async fn command_result_matching(
+        &self,
+        command_id: Uuid,
+        fingerprint: [u8; 32],
+    ) -> Result<Option<AppendResult>, StoreError> {
+        let row = sqlx::query_as::<_, (Vec<u8>, sqlx::types::Json<AppendResult>)>(
+            "SELECT fingerprint, result FROM command_log WHERE command_id = $1",
+        )
+        .bind(command_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            None => Ok(None),
+            Some((stored, _)) if stored.as_slice() != fingerprint.as_slice() => {
+                Err(StoreError::CommandIdReused { command_id })
+            }
+            Some((_, json)) => Ok(Some(AppendResult {
+                replayed: true,
+                ..json.0
+            })),
+        }
+    }
+
     /// Reads up to `limit` events of a stream starting at version `from` (inclusive), forward
     /// (ascending) or backward (descending).
     pub async fn read_stream(

@@ -1,0 +1,342 @@
+//! Proto -> domain conversion ("parse, don't validate" at the edge).
+//!
+//! Every request is turned into a domain command before anything is loaded or written; the
+//! first bad field ends the conversion with `INVALID_ARGUMENT` and its path in the request
+//! (`task.title: must have at most 500 characters (got 501)`). The domain's value types hold
+//! the rules (lengths, ranges, enums); this layer adds what only the wire knows: UUID and
+//! decimal syntax, unset enums, list lengths before any item is parsed, JSON depth, and the
+//! caller's actor as default owner.
+
+pub(crate) mod agent_session;
+pub(crate) mod governance;
+pub(crate) mod problem;
+pub(crate) mod task;
+
+use std::str::FromStr;
+
+use aggregates::DomainError;
+use aggregates::values::{JsonObject, Money, Text, UserRef};
+use chrono::{DateTime, Utc};
+use prost_types::value::Kind;
+use rust_decimal::Decimal;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use schemas::v1 as pb;
+
+/// Longest list accepted in any repeated request field.
+pub const MAX_LIST_ITEMS: usize = aggregates::problem::MAX_LIST_ITEMS;
+/// Deepest nesting accepted in a JSON (`google.protobuf.Struct`) field.
+pub const MAX_JSON_DEPTH: usize = 16;
+/// Longest decimal string accepted.
+const MAX_DECIMAL_CHARS: usize = 40;
+
+/// The validated shared envelope of a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// Idempotency key.
+    pub command_id: Uuid,
+    /// The client's expected version of the target stream (0 = must not exist).
+    pub expected_version: Option<u64>,
+    /// Correlation id (defaults to the command id).
+    pub correlation_id: Uuid,
+    /// Causation id, if any.
+    pub causation_id: Option<Uuid>,
+}
+
+/// Parses the envelope; `command_id` is required.
+pub fn envelope(e: Option<&pb::CommandEnvelope>) -> Result<Envelope, ApiError> {
+    let e = e.ok_or_else(|| ApiError::invalid("envelope", "is required"))?;
+    let command_id = uuid("envelope.command_id", &e.command_id)?;
+    let correlation_id = opt_uuid("envelope.correlation_id", &e.correlation_id)?;
+    Ok(Envelope {
+        command_id,
+        expected_version: e.expected_version,
+        correlation_id: correlation_id.unwrap_or(command_id),
+        causation_id: opt_uuid("envelope.causation_id", &e.causation_id)?,
+    })
+}
+
+/// Re-attributes a domain value error to `path`.
+pub(crate) fn at<T>(path: &str, r: Result<T, DomainError>) -> Result<T, ApiError> {
+    r.map_err(|e| ApiError::field(path, e))
+}
+
+/// A required, non-nil UUID.
+pub(crate) fn uuid(path: &str, s: &str) -> Result<Uuid, ApiError> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err(ApiError::invalid(path, "is required"));
+    }
+    let id = Uuid::parse_str(s).map_err(|_| ApiError::invalid(path, "must be a UUID"))?;
+    if id.is_nil() {
+        return Err(ApiError::invalid(path, "must not be the nil UUID"));
+    }
+    Ok(id)
+}
+
+/// An optional UUID: the empty string means absent.
+pub(crate) fn opt_uuid(path: &str, s: &str) -> Result<Option<Uuid>, ApiError> {
+    if s.trim().is_empty() {
+        Ok(None)
+    } else {
+        uuid(path, s).map(Some)
+    }
+}
+
+/// A required id of a domain id type.
+pub(crate) fn id<T>(
+    path: &str,
+    s: &str,
+    make: fn(Uuid) -> Result<T, DomainError>,
+) -> Result<T, ApiError> {
+    at(path, make(uuid(path, s)?))
+}
+
+/// An optional id of a domain id type (empty = absent).
+pub(crate) fn opt_id<T>(
+    path: &str,
+    s: &str,
+    make: fn(Uuid) -> Result<T, DomainError>,
+) -> Result<Option<T>, ApiError> {
+    opt_uuid(path, s)?.map(|u| at(path, make(u))).transpose()
+}
+
+/// Required free text (1–10,000 characters).
+pub(crate) fn text(path: &str, s: &str) -> Result<Text, ApiError> {
+    at(path, Text::parse("text", s))
+}
+
+/// Optional free text: absent stays absent, present must be valid.
+pub(crate) fn opt_text(path: &str, s: Option<&String>) -> Result<Option<Text>, ApiError> {
+    s.map(|s| text(path, s)).transpose()
+}
+
+/// Fails when a repeated field is longer than `max`, before any item is parsed.
+pub(crate) fn check_len<T>(path: &str, items: &[T], max: usize) -> Result<(), ApiError> {
+    if items.len() > max {
+        return Err(ApiError::invalid(
+            path,
+            format!("must have at most {max} items (got {})", items.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// A bounded list, each item converted with its own path `path[i]`.
+pub(crate) fn list<T, U>(
+    path: &str,
+    items: &[T],
+    mut convert: impl FnMut(&str, &T) -> Result<U, ApiError>,
+) -> Result<Vec<U>, ApiError> {
+    check_len(path, items, MAX_LIST_ITEMS)?;
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| convert(&format!("{path}[{i}]"), item))
+        .collect()
+}
+
+/// A bounded list of free texts.
+pub(crate) fn texts(path: &str, items: &[String]) -> Result<Vec<Text>, ApiError> {
+    list(path, items, |p, s| text(p, s))
+}
+
+/// A user reference; empty means the caller's own actor id.
+pub(crate) fn user_or(path: &str, s: &str, actor: &str) -> Result<UserRef, ApiError> {
+    let s = if s.trim().is_empty() { actor } else { s };
+    at(path, UserRef::parse(s))
+}
+
+/// A decimal written as a string ("0.85"); floats never cross the wire.
+pub(crate) fn decimal(path: &str, s: &str) -> Result<Decimal, ApiError> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err(ApiError::invalid(path, "is required"));
+    }
+    if s.len() > MAX_DECIMAL_CHARS {
+        return Err(ApiError::invalid(path, "is too long for a decimal"));
+    }
+    Decimal::from_str(s)
+        .map_err(|_| ApiError::invalid(path, "must be a decimal number such as \"12.50\""))
+}
+
+/// An optional decimal.
+pub(crate) fn opt_decimal(path: &str, s: Option<&String>) -> Result<Option<Decimal>, ApiError> {
+    s.map(|s| decimal(path, s)).transpose()
+}
+
+/// An amount of money (≥ 0, at most 4 decimal places).
+pub(crate) fn money(path: &str, s: &str) -> Result<Money, ApiError> {
+    at(path, Money::new(decimal(path, s)?))
+}
+
+/// An optional amount of money.
+pub(crate) fn opt_money(path: &str, s: Option<&String>) -> Result<Option<Money>, ApiError> {
+    s.map(|s| money(path, s)).transpose()
+}
+
+/// A protobuf timestamp as UTC.
+pub(crate) fn timestamp(path: &str, t: &prost_types::Timestamp) -> Result<DateTime<Utc>, ApiError> {
+    u32::try_from(t.nanos)
+        .ok()
+        .and_then(|nanos| DateTime::from_timestamp(t.seconds, nanos))
+        .ok_or_else(|| ApiError::invalid(path, "is not a valid timestamp"))
+}
+
+/// An optional protobuf timestamp.
+pub(crate) fn opt_timestamp(
+    path: &str,
+    t: Option<&prost_types::Timestamp>,
+) -> Result<Option<DateTime<Utc>>, ApiError> {
+    t.map(|t| timestamp(path, t)).transpose()
+}
+
+/// A required message field.
+pub(crate) fn required<'a, T>(path: &str, v: Option<&'a T>) -> Result<&'a T, ApiError> {
+    v.ok_or_else(|| ApiError::invalid(path, "is required"))
+}
+
+/// A required proto enum: unknown numbers and `*_UNSPECIFIED` (0) are refused.
+pub(crate) fn enum_value<E: TryFrom<i32>>(path: &str, v: i32) -> Result<E, ApiError> {
+    if v == 0 {
+        return Err(ApiError::invalid(path, "must be set"));
+    }
+    E::try_from(v).map_err(|_| ApiError::invalid(path, format!("unknown value {v}")))
+}
+
+/// An optional proto enum: 0 (`*_UNSPECIFIED`) means absent.
+pub(crate) fn opt_enum_value<E: TryFrom<i32>>(path: &str, v: i32) -> Result<Option<E>, ApiError> {
+    if v == 0 {
+        Ok(None)
+    } else {
+        enum_value(path, v).map(Some)
+    }
+}
+
+/// A `google.protobuf.Struct` as a JSON object (absent = empty).
+pub(crate) fn json_object(
+    path: &str,
+    s: Option<&prost_types::Struct>,
+) -> Result<JsonObject, ApiError> {
+    match s {
+        None => Ok(JsonObject::new()),
+        Some(s) => struct_to_json(s, 1).map_err(|m| ApiError::invalid(path, m)),
+    }
+}
+
+fn struct_to_json(s: &prost_types::Struct, depth: usize) -> Result<JsonObject, String> {
+    if depth > MAX_JSON_DEPTH {
+        return Err(format!("is nested deeper than {MAX_JSON_DEPTH} levels"));
+    }
+    s.fields
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), value_to_json(v, depth)?)))
+        .collect()
+}
+
+fn value_to_json(v: &prost_types::Value, depth: usize) -> Result<serde_json::Value, String> {
+    use serde_json::Value as J;
+    Ok(match &v.kind {
+        None | Some(Kind::NullValue(_)) => J::Null,
+        Some(Kind::BoolValue(b)) => J::Bool(*b),
+        Some(Kind::StringValue(s)) => J::String(s.clone()),
+        Some(Kind::NumberValue(n)) => {
+            // Whole numbers stay integers in the stored JSON (Struct only knows doubles).
+            const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+            if n.fract() == 0.0 && n.abs() < EXACT {
+                #[allow(clippy::cast_possible_truncation)]
+                J::from(*n as i64)
+            } else {
+                serde_json::Number::from_f64(*n)
+                    .map(J::Number)
+                    .ok_or("contains a number that is not finite")?
+            }
+        }
+        Some(Kind::StructValue(s)) => J::Object(struct_to_json(s, depth + 1)?),
+        Some(Kind::ListValue(l)) => {
+            if depth + 1 > MAX_JSON_DEPTH {
+                return Err(format!("is nested deeper than {MAX_JSON_DEPTH} levels"));
+            }
+            J::Array(
+                l.values
+                    .iter()
+                    .map(|v| value_to_json(v, depth + 1))
+                    .collect::<Result<_, _>>()?,
+            )
+        }
+    })
+}
+
+/// Patch semantics of optional fields with a `clear_*` flag.
+pub(crate) fn patch<T>(
+    path: &str,
+    value: Option<T>,
+    clear: bool,
+) -> Result<aggregates::values::Patch<T>, ApiError> {
+    use aggregates::values::Patch;
+    match (value, clear) {
+        (Some(_), true) => Err(ApiError::invalid(
+            path,
+            "cannot be set and cleared in the same update",
+        )),
+        (Some(v), false) => Ok(Patch::Set(v)),
+        (None, true) => Ok(Patch::Clear),
+        (None, false) => Ok(Patch::Keep),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_needs_a_command_id_and_defaults_correlation() {
+        assert!(envelope(None).is_err());
+        let id = Uuid::now_v7();
+        let e = envelope(Some(&pb::CommandEnvelope {
+            command_id: id.to_string(),
+            ..Default::default()
+        }))
+        .unwrap();
+        assert_eq!(e.correlation_id, id);
+        let err = envelope(Some(&pb::CommandEnvelope {
+            command_id: "nope".into(),
+            ..Default::default()
+        }))
+        .unwrap_err();
+        assert_eq!(err.to_string(), "envelope.command_id: must be a UUID");
+    }
+
+    #[test]
+    fn json_keeps_integers_and_bounds_depth() {
+        let mut s = prost_types::Struct::default();
+        s.fields.insert(
+            "n".into(),
+            prost_types::Value {
+                kind: Some(Kind::NumberValue(3.0)),
+            },
+        );
+        let j = json_object("m", Some(&s)).unwrap();
+        assert_eq!(serde_json::Value::Object(j).to_string(), r#"{"n":3}"#);
+        let mut deep = prost_types::Struct::default();
+        for _ in 0..MAX_JSON_DEPTH + 1 {
+            let mut outer = prost_types::Struct::default();
+            outer.fields.insert(
+                "x".into(),
+                prost_types::Value {
+                    kind: Some(Kind::StructValue(deep)),
+                },
+            );
+            deep = outer;
+        }
+        assert!(json_object("m", Some(&deep)).is_err());
+    }
+
+    #[test]
+    fn decimals_are_strings() {
+        assert_eq!(decimal("x", "0.25").unwrap(), Decimal::new(25, 2));
+        assert!(decimal("x", "1e999").is_err());
+        assert!(decimal("x", "").is_err());
+    }
+}

@@ -1,0 +1,342 @@
+//! The four gRPC command services, all implemented by [`CommandService`].
+//!
+//! Every RPC goes through [`CommandService::run`]: authenticate and authorize, validate the
+//! envelope, fingerprint the request, convert it to a domain command, execute, then record
+//! metrics and map the error (in [`crate::error`]). Each call runs in a `command` tracing span
+//! with `rpc`, `tenant`, `actor`, `command_id`, `aggregate_id` and `outcome`.
+
+use std::future::Future;
+use std::time::Instant;
+
+use aggregates::agent_session::{AgentSession, AgentSessionCommand};
+use aggregates::problem::{Problem, ProblemCommand};
+use aggregates::task::{Task, TaskCommand};
+use event_store::EventStore;
+use prost::Message;
+use schemas::v1 as pb;
+use schemas::v1::agent_session_commands_server::AgentSessionCommands;
+use schemas::v1::governance_commands_server::GovernanceCommands;
+use schemas::v1::problem_commands_server::ProblemCommands;
+use schemas::v1::task_commands_server::TaskCommands;
+use sha2::{Digest, Sha256};
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+use tracing::field::Empty;
+
+use crate::auth::{Principal, TokenStore};
+use crate::convert;
+use crate::error::ApiError;
+use crate::handler::{CommandCall, Primary, Target, execute, execute_governed};
+
+/// Longest user agent kept in event metadata.
+const MAX_USER_AGENT_CHARS: usize = 256;
+
+/// Implements every command service over one event store and token store.
+#[derive(Debug, Clone)]
+pub struct CommandService {
+    store: EventStore,
+    tokens: TokenStore,
+}
+
+/// Requests that carry a [`pb::CommandEnvelope`].
+pub trait HasEnvelope {
+    /// The envelope, if sent.
+    fn envelope(&self) -> Option<&pb::CommandEnvelope>;
+}
+
+macro_rules! has_envelope {
+    ($($t:ident),+ $(,)?) => {
+        $(impl HasEnvelope for pb::$t {
+            fn envelope(&self) -> Option<&pb::CommandEnvelope> {
+                self.envelope.as_ref()
+            }
+        })+
+    };
+}
+
+has_envelope!(
+    SubmitProblemRequest,
+    AdvanceStageRequest,
+    FailProblemRequest,
+    CancelProblemRequest,
+    DefineFrameRequest,
+    AddTreeNodeRequest,
+    PrioritizeNodeRequest,
+    CreateAnalysisPlanRequest,
+    RecordAnalysisResultRequest,
+    AddRecommendationRequest,
+    AddDeliverableRequest,
+    MarkDeliverableReadyRequest,
+    MarkDeliverableFailedRequest,
+    SubmitFeedbackRequest,
+    CreateTaskRequest,
+    UpdateTaskRequest,
+    CompleteTaskRequest,
+    DeleteTaskRequest,
+    RestoreTaskRequest,
+    ScheduleReminderRequest,
+    RecordReminderSentRequest,
+    RecordReminderFailureRequest,
+    RetryReminderRequest,
+    CreateSessionRequest,
+    RequestApprovalRequest,
+    StartSessionRequest,
+    CompleteSessionRequest,
+    FailSessionRequest,
+    CancelSessionRequest,
+    ActivatePersonaRequest,
+    DeactivatePersonaRequest,
+    RecordTokenCostRequest,
+    RecordDecisionRequest,
+    EmergencyStopRequest,
+);
+
+/// What "the same request" means for idempotency: the RPC, the caller and the request bytes
+/// (prost encodes deterministically; `Struct` maps are ordered).
+fn fingerprint(rpc: &str, principal: &Principal, message: &impl Message) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for part in [rpc, &principal.tenant, &principal.actor] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    h.update(message.encode_to_vec());
+    h.finalize().into()
+}
+
+fn user_agent(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
+    let ua = metadata.get("user-agent")?.to_str().ok()?;
+    let clean: String = ua
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_USER_AGENT_CHARS)
+        .collect();
+    (!clean.is_empty()).then_some(clean)
+}
+
+impl CommandService {
+    /// A service appending to `store`, authenticating against `tokens`.
+    pub fn new(store: EventStore, tokens: TokenStore) -> Self {
+        Self { store, tokens }
+    }
+
+    /// The common path of every RPC (see the module docs).
+    async fn run<M, F, Fut>(
+        &self,
+        rpc: &'static str,
+        request: Request<M>,
+        handle: F,
+    ) -> Result<Response<pb::CommandResult>, Status>
+    where
+        M: Message + HasEnvelope,
+        F: FnOnce(EventStore, CommandCall, M) -> Fut,
+        Fut: Future<Output = Result<pb::CommandResult, ApiError>>,
+    {
+        let started = Instant::now();
+        let span = tracing::info_span!(
+            "command",
+            rpc,
+            tenant = Empty,
+            actor = Empty,
+            command_id = Empty,
+            aggregate_id = Empty,
+            outcome = Empty,
+        );
+        let outcome = async {
+            let principal = self.tokens.authenticate_request(request.metadata()).await?;
+            let span = tracing::Span::current();
+            span.record("tenant", principal.tenant.as_str());
+            span.record("actor", principal.actor.as_str());
+            principal.require_write()?;
+            let client_ip = request.remote_addr().map(|a| a.ip().to_string());
+            let user_agent = user_agent(request.metadata());
+            let message = request.into_inner();
+            let envelope = convert::envelope(message.envelope())?;
+            span.record("command_id", tracing::field::display(envelope.command_id));
+            let call = CommandCall {
+                fingerprint: fingerprint(rpc, &principal, &message),
+                principal,
+                envelope,
+                client_ip,
+                user_agent,
+            };
+            handle(self.store.clone(), call, message).await
+        }
+        .instrument(span.clone())
+        .await;
+
+        let label = match &outcome {
+            Ok(r) if r.replayed => "replayed",
+            Ok(_) => "ok",
+            Err(e) => e.outcome(),
+        };
+        let elapsed = started.elapsed();
+        metrics::counter!("annals_commands_total", "command" => rpc, "outcome" => label)
+            .increment(1);
+        metrics::histogram!("annals_command_duration_seconds", "command" => rpc)
+            .record(elapsed.as_secs_f64());
+        let _entered = span.enter();
+        span.record("outcome", label);
+        match outcome {
+            Ok(result) => {
+                tracing::info!(
+                    elapsed_ms = elapsed.as_millis() as u64,
+                    version = result.version,
+                    "command accepted"
+                );
+                Ok(Response::new(result))
+            }
+            Err(err) => {
+                tracing::info!(elapsed_ms = elapsed.as_millis() as u64, error = %err, "command refused");
+                Err(Status::from(err))
+            }
+        }
+    }
+}
+
+async fn problem(
+    store: EventStore,
+    call: CommandCall,
+    target: Target,
+    command: Result<ProblemCommand, ApiError>,
+) -> Result<pb::CommandResult, ApiError> {
+    let command = command?;
+    let id = command.problem_id().as_uuid();
+    execute::<Problem>(&store, &call, "problem", target, id, command).await
+}
+
+async fn task(
+    store: EventStore,
+    call: CommandCall,
+    target: Target,
+    command: Result<TaskCommand, ApiError>,
+) -> Result<pb::CommandResult, ApiError> {
+    let command = command?;
+    let id = command.task_id().as_uuid();
+    execute::<Task>(&store, &call, "task", target, id, command).await
+}
+
+async fn session(
+    store: EventStore,
+    call: CommandCall,
+    target: Target,
+    command: Result<AgentSessionCommand, ApiError>,
+) -> Result<pb::CommandResult, ApiError> {
+    let command = command?;
+    let id = command.session_id().as_uuid();
+    execute::<AgentSession>(&store, &call, "session", target, id, command).await
+}
+
+async fn governed(
+    store: EventStore,
+    call: CommandCall,
+    primary: Primary,
+    command: Result<aggregates::governance::GovernedCommand, ApiError>,
+) -> Result<pb::CommandResult, ApiError> {
+    execute_governed(&store, &call, primary, command?).await
+}
+
+/// Generates a service impl whose methods all delegate to [`CommandService::run`]. The
+/// `async_trait` attribute is emitted by the macro so that it sees the expanded methods.
+macro_rules! service {
+    ($trait:ident {
+        $( $method:ident($req:ident) => $name:literal, |$s:ident, $c:ident, $m:ident| $body:expr; )+
+    }) => {
+        #[tonic::async_trait]
+        impl $trait for CommandService {
+            $(
+                async fn $method(
+                    &self,
+                    request: Request<pb::$req>,
+                ) -> Result<Response<pb::CommandResult>, Status> {
+                    self.run($name, request, |$s, $c, $m| $body).await
+                }
+            )+
+        }
+    };
+}
+
+use crate::convert::agent_session as cs;
+use crate::convert::governance as cg;
+use crate::convert::problem as cp;
+use crate::convert::task as ct;
+use Target::{Create, Existing};
+
+service!(ProblemCommands {
+    submit_problem(SubmitProblemRequest) => "SubmitProblem",
+        |s, c, m| { let cmd = cp::submit(&m, &c.principal.actor); problem(s, c, Create, cmd) };
+    advance_stage(AdvanceStageRequest) => "AdvanceStage",
+        |s, c, m| problem(s, c, Existing, cp::advance(&m));
+    fail_problem(FailProblemRequest) => "FailProblem",
+        |s, c, m| problem(s, c, Existing, cp::fail(&m));
+    cancel_problem(CancelProblemRequest) => "CancelProblem",
+        |s, c, m| problem(s, c, Existing, cp::cancel(&m));
+    define_frame(DefineFrameRequest) => "DefineFrame",
+        |s, c, m| problem(s, c, Existing, cp::define_frame(&m));
+    add_tree_node(AddTreeNodeRequest) => "AddTreeNode",
+        |s, c, m| problem(s, c, Existing, cp::add_tree_node(&m));
+    prioritize_node(PrioritizeNodeRequest) => "PrioritizeNode",
+        |s, c, m| problem(s, c, Existing, cp::prioritize(&m));
+    create_analysis_plan(CreateAnalysisPlanRequest) => "CreateAnalysisPlan",
+        |s, c, m| problem(s, c, Existing, cp::create_plan(&m));
+    record_analysis_result(RecordAnalysisResultRequest) => "RecordAnalysisResult",
+        |s, c, m| problem(s, c, Existing, cp::record_result(&m));
+    add_recommendation(AddRecommendationRequest) => "AddRecommendation",
+        |s, c, m| problem(s, c, Existing, cp::add_recommendation(&m));
+    add_deliverable(AddDeliverableRequest) => "AddDeliverable",
+        |s, c, m| problem(s, c, Existing, cp::add_deliverable(&m));
+    mark_deliverable_ready(MarkDeliverableReadyRequest) => "MarkDeliverableReady",
+        |s, c, m| problem(s, c, Existing, cp::deliverable_ready(&m));
+    mark_deliverable_failed(MarkDeliverableFailedRequest) => "MarkDeliverableFailed",
+        |s, c, m| problem(s, c, Existing, cp::deliverable_failed(&m));
+    submit_feedback(SubmitFeedbackRequest) => "SubmitFeedback",
+        |s, c, m| { let cmd = cp::feedback(&m, &c.principal.actor); problem(s, c, Existing, cmd) };
+});
+
+service!(TaskCommands {
+    create_task(CreateTaskRequest) => "CreateTask",
+        |s, c, m| { let cmd = ct::create(&m, &c.principal.actor); task(s, c, Create, cmd) };
+    update_task(UpdateTaskRequest) => "UpdateTask",
+        |s, c, m| task(s, c, Existing, ct::update(&m));
+    complete_task(CompleteTaskRequest) => "CompleteTask",
+        |s, c, m| task(s, c, Existing, ct::complete(&m));
+    delete_task(DeleteTaskRequest) => "DeleteTask",
+        |s, c, m| task(s, c, Existing, ct::delete(&m));
+    restore_task(RestoreTaskRequest) => "RestoreTask",
+        |s, c, m| task(s, c, Existing, ct::restore(&m));
+    schedule_reminder(ScheduleReminderRequest) => "ScheduleReminder",
+        |s, c, m| task(s, c, Existing, ct::schedule_reminder(&m));
+    record_reminder_sent(RecordReminderSentRequest) => "RecordReminderSent",
+        |s, c, m| task(s, c, Existing, ct::reminder_sent(&m));
+    record_reminder_failure(RecordReminderFailureRequest) => "RecordReminderFailure",
+        |s, c, m| task(s, c, Existing, ct::reminder_failure(&m));
+    retry_reminder(RetryReminderRequest) => "RetryReminder",
+        |s, c, m| task(s, c, Existing, ct::retry_reminder(&m));
+});
+
+service!(AgentSessionCommands {
+    create_session(CreateSessionRequest) => "CreateSession",
+        |s, c, m| { let cmd = cs::create(&m, &c.principal.actor); session(s, c, Create, cmd) };
+    request_approval(RequestApprovalRequest) => "RequestApproval",
+        |s, c, m| session(s, c, Existing, cs::request_approval(&m));
+    start_session(StartSessionRequest) => "StartSession",
+        |s, c, m| session(s, c, Existing, cs::start(&m));
+    complete_session(CompleteSessionRequest) => "CompleteSession",
+        |s, c, m| session(s, c, Existing, cs::complete(&m));
+    fail_session(FailSessionRequest) => "FailSession",
+        |s, c, m| session(s, c, Existing, cs::fail(&m));
+    cancel_session(CancelSessionRequest) => "CancelSession",
+        |s, c, m| session(s, c, Existing, cs::cancel(&m));
+    activate_persona(ActivatePersonaRequest) => "ActivatePersona",
+        |s, c, m| session(s, c, Existing, cs::activate_persona(&m));
+    deactivate_persona(DeactivatePersonaRequest) => "DeactivatePersona",
+        |s, c, m| session(s, c, Existing, cs::deactivate_persona(&m));
+    record_token_cost(RecordTokenCostRequest) => "RecordTokenCost",
+        |s, c, m| governed(s, c, Primary::Session, cs::token_cost(&m));
+});
+
+service!(GovernanceCommands {
+    record_decision(RecordDecisionRequest) => "RecordDecision",
+        |s, c, m| { let cmd = cg::record(&m, c.envelope.correlation_id); governed(s, c, Primary::Decision, cmd) };
+    emergency_stop(EmergencyStopRequest) => "EmergencyStop",
+        |s, c, m| { let cmd = cg::emergency_stop(&m, c.envelope.correlation_id); governed(s, c, Primary::Decision, cmd) };
+});

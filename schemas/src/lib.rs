@@ -1,0 +1,22 @@
+//! The wire contract of annals: `.proto` files and the Rust generated from them.
+//!
+//! Package `annals.v1` holds one command service per aggregate (`ProblemCommands`,
+//! `TaskCommands`, `AgentSessionCommands`, `GovernanceCommands`), the shared
+//! `CommandEnvelope` (idempotency key, expected version, correlation and causation ids) and
+//! `CommandResult`. Generated with tonic/prost at build time; `protoc` is vendored.
+//!
+//! # Layout
+//!
+//! - `proto/annals/v1/*.proto`: the source of truth (`common`, `problems`, `tasks`,
+//!   `agent_sessions`, `governance`).
+//! - [`v1`]: generated messages, clients (`*_client`) and servers (`*_server`).
+//! - [`FILE_DESCRIPTOR_SET`]: encoded descriptors of every file, for gRPC reflection.
+
+/// Generated code of package `annals.v1`.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+pub mod v1 {
+    tonic::include_proto!("annals.v1");
+}
+
+/// Encoded `FileDescriptorSet` of every annals proto file, for `tonic-reflection`.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("annals_descriptor");
