@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# All tests against real services: starts Postgres when needed, then format, lint and test.
+# All tests against real services: starts Postgres and a Kafka-compatible broker (tansu, installed
+# with cargo once per machine) when needed, then format, lint and test.
 # Build artifacts stay in target/ between runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATABASE_URL="$(deploy/local/postgres.sh)"
 export DATABASE_URL
-echo "== using $DATABASE_URL"
+KAFKA_BOOTSTRAP="$(deploy/local/kafka.sh)"
+export KAFKA_BOOTSTRAP
+echo "== using $DATABASE_URL and Kafka at $KAFKA_BOOTSTRAP"
 
 echo "== cargo fmt --check"
 cargo fmt --all --check

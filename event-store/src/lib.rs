@@ -55,10 +55,13 @@
 //! - `store`: [`EventStore`] append/read, checkpoints.
 //! - `subscription`: [`Subscription`], the live catch-up subscription.
 //! - [`hash`] and `verify`: the hash chain and its verifier ([`VerifyReport`]).
+//! - [`relay`]: the outbox relay to Kafka ([`relay::Relay`]) and its wire format; the
+//!   `annals-relay` binary runs it on its own.
 //! - The schema lives in the workspace's `migrations/`; apply it with [`migrate`].
 
 pub mod error;
 pub mod hash;
+pub mod relay;
 mod store;
 mod subscription;
 pub mod types;

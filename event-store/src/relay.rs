@@ -1,0 +1,515 @@
+//! The outbox relay: publishes every event to Kafka, in global order, with no gaps.
+//!
+//! The events table is the outbox. One relay is active at a time (a session-level Postgres
+//! advisory lock held on a dedicated connection; a waiting relay takes over the moment the
+//! leader's connection goes away). The leader follows the gap-safe [`Subscription`] from its
+//! checkpoint, produces each batch with an idempotent producer (`enable.idempotence=true`,
+//! `acks=all`; all messages of a batch in flight together), and advances the checkpoint only
+//! after the broker acknowledged every message of the batch. Any failure drops the producer,
+//! backs off and resumes from the checkpoint: messages may be published twice, never skipped.
+//! Consumers dedupe by event id (header `event_id`, or the envelope).
+//!
+//! # Wire format
+//!
+//! - topic: `<prefix><stream type with '_' as '-'>`, e.g. `annals.agent-session`;
+//! - key: the stream id, so each aggregate's events stay in order within one partition;
+//! - value: the JSON [`Envelope`]; payload and metadata are embedded as the exact stored bytes,
+//!   so a consumer can recompute the hash chain;
+//! - headers: `event_id`, `event_type`, `schema_version`, `global_position`, `tenant`, and
+//!   `correlation_id`, `causation_id` when the metadata has them.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sqlx::Connection;
+use sqlx::postgres::PgConnection;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::error::StoreError;
+use crate::store::{EventStore, load_checkpoint, save_checkpoint};
+use crate::subscription::SubscriptionOptions;
+use crate::types::{Position, RecordedEvent};
+
+/// The JSON value of every Kafka message: the full event envelope.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Envelope<'a> {
+    /// Position in the global order.
+    pub global_position: i64,
+    /// Unique event id (consumers dedupe on it).
+    pub event_id: Uuid,
+    /// The stream (also the message key).
+    #[serde(borrow)]
+    pub stream_id: &'a str,
+    /// Kind of aggregate (selects the topic).
+    #[serde(borrow)]
+    pub stream_type: &'a str,
+    /// Version within the stream.
+    pub stream_version: u64,
+    /// Owning tenant.
+    #[serde(borrow)]
+    pub tenant_id: &'a str,
+    /// Stable event type name.
+    #[serde(borrow)]
+    pub event_type: &'a str,
+    /// Schema version of `payload`.
+    pub schema_version: u32,
+    /// The stored payload, byte for byte.
+    #[serde(borrow)]
+    pub payload: &'a RawValue,
+    /// The stored metadata, byte for byte.
+    #[serde(borrow)]
+    pub metadata: &'a RawValue,
+    /// When the event was recorded.
+    pub recorded_at: DateTime<Utc>,
+    /// Hex SHA-256 chain hash.
+    #[serde(borrow)]
+    pub hash: &'a str,
+}
+
+/// Encodes an event as the JSON value of its Kafka message.
+pub fn encode_envelope(event: &RecordedEvent) -> Result<Vec<u8>, StoreError> {
+    let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
+    let payload: &RawValue = serde_json::from_str(&event.payload).map_err(corrupt)?;
+    let metadata: &RawValue = serde_json::from_str(&event.metadata).map_err(corrupt)?;
+    let hash = hex::encode(event.hash);
+    let envelope = Envelope {
+        global_position: event.global_position.0,
+        event_id: event.event_id,
+        stream_id: &event.stream_id,
+        stream_type: &event.stream_type,
+        stream_version: event.stream_version,
+        tenant_id: &event.tenant_id,
+        event_type: &event.event_type,
+        schema_version: event.schema_version,
+        payload,
+        metadata,
+        recorded_at: event.recorded_at,
+        hash: &hash,
+    };
+    serde_json::to_vec(&envelope).map_err(corrupt)
+}
+
+/// Decodes the JSON value of a Kafka message back into the recorded event.
+pub fn decode_envelope(bytes: &[u8]) -> Result<RecordedEvent, StoreError> {
+    let corrupt = |e: String| StoreError::Corrupt(format!("kafka envelope: {e}"));
+    let env: Envelope<'_> = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+    let mut hash = [0u8; 32];
+    hex::decode_to_slice(env.hash, &mut hash).map_err(|e| corrupt(e.to_string()))?;
+    Ok(RecordedEvent {
+        global_position: Position(env.global_position),
+        event_id: env.event_id,
+        stream_id: env.stream_id.to_owned(),
+        stream_type: env.stream_type.to_owned(),
+        stream_version: env.stream_version,
+        tenant_id: env.tenant_id.to_owned(),
+        event_type: env.event_type.to_owned(),
+        schema_version: env.schema_version,
+        payload: env.payload.get().to_owned(),
+        metadata: env.metadata.get().to_owned(),
+        recorded_at: env.recorded_at,
+        hash,
+    })
+}
+
+/// The topic of a stream type under `prefix`.
+pub fn topic_for(prefix: &str, stream_type: &str) -> String {
+    format!("{prefix}{}", stream_type.replace('_', "-"))
+}
+
+/// Configuration of a [`Relay`].
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Name of the relay: its checkpoint and its leadership lock. Relays with the same name
+    /// share one checkpoint and only one of them is active.
+    pub name: String,
+    /// Topic prefix; topics are `<prefix><stream type>`.
+    pub topic_prefix: String,
+    /// Partitions of topics the relay creates.
+    pub partitions: i32,
+    /// Replication factor of topics the relay creates.
+    pub replication: i32,
+    /// Stream types whose topics are created at start-up (others on first sight).
+    pub stream_types: Vec<String>,
+    /// Create missing topics (needs the admin API). Off where topics are provisioned by
+    /// other means or the relay's credentials may not create them.
+    pub create_topics: bool,
+    /// Events per produce batch (all in flight at once).
+    pub batch_size: u32,
+    /// librdkafka settings, passed through; must include `bootstrap.servers`. Security
+    /// (`security.protocol`, `sasl.*`, `ssl.*`) goes here too.
+    pub kafka: BTreeMap<String, String>,
+    /// First pause after a failure; doubles up to `max_backoff`.
+    pub backoff: Duration,
+    /// Longest pause after repeated failures.
+    pub max_backoff: Duration,
+    /// Fault injection for crash drills and tests: after this many messages are handed to the
+    /// producer, the run stops as if the process died (no flush, no checkpoint).
+    pub crash_after_messages: Option<u64>,
+}
+
+impl RelayConfig {
+    /// Defaults for a broker at `bootstrap_servers`.
+    pub fn new(bootstrap_servers: impl Into<String>) -> Self {
+        let mut kafka = BTreeMap::new();
+        kafka.insert("bootstrap.servers".to_owned(), bootstrap_servers.into());
+        Self {
+            name: "kafka-relay".to_owned(),
+            topic_prefix: "annals.".to_owned(),
+            partitions: 3,
+            replication: 1,
+            stream_types: ["problem", "task", "agent_session", "governance_decision"]
+                .map(str::to_owned)
+                .to_vec(),
+            create_topics: true,
+            batch_size: 1_000,
+            kafka,
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            crash_after_messages: None,
+        }
+    }
+
+    fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        // Bounded delivery: a message the broker never acknowledges fails the batch, which is
+        // then republished from the checkpoint.
+        config.set("message.timeout.ms", "30000");
+        config.set("linger.ms", "5");
+        for (k, v) in &self.kafka {
+            config.set(k, v);
+        }
+        // Not overridable: they are what makes the relay correct.
+        config.set("enable.idempotence", "true");
+        config.set("acks", "all");
+        config
+    }
+
+    fn checkpoint_name(&self) -> String {
+        format!("relay:{}", self.name)
+    }
+}
+
+/// Counters of a relay, shared with whoever started it (tests, health endpoints).
+#[derive(Debug, Default)]
+pub struct RelayStats {
+    /// Messages acknowledged by the broker.
+    pub published: AtomicU64,
+    /// Failed deliveries (each one makes the relay resume from its checkpoint).
+    pub produce_errors: AtomicU64,
+    /// Whether this relay currently holds the leadership lock.
+    pub leader: AtomicBool,
+    /// Last checkpointed position.
+    pub checkpoint: AtomicU64,
+}
+
+/// Publishes the event store to Kafka. See the module docs.
+#[derive(Debug)]
+pub struct Relay {
+    store: EventStore,
+    config: RelayConfig,
+    stats: Arc<RelayStats>,
+}
+
+/// Why one leadership term ended.
+enum TermEnd {
+    Shutdown,
+    Crashed,
+}
+
+impl Relay {
+    /// A relay over `store` configured by `config`.
+    pub fn new(store: EventStore, config: RelayConfig) -> Self {
+        Self {
+            store,
+            config,
+            stats: Arc::default(),
+        }
+    }
+
+    /// Live counters of this relay.
+    pub fn stats(&self) -> Arc<RelayStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Runs until `shutdown` is cancelled: waits for leadership, then publishes. Failures are
+    /// retried with backoff; only an injected crash ([`RelayConfig::crash_after_messages`])
+    /// ends the run early, with [`StoreError::InjectedCrash`].
+    #[tracing::instrument(name = "relay.run", skip_all, fields(relay = %self.config.name))]
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), StoreError> {
+        let mut backoff = self.config.backoff;
+        loop {
+            match self.term(&shutdown).await {
+                Ok(TermEnd::Shutdown) => return Ok(()),
+                Ok(TermEnd::Crashed) => return Err(StoreError::InjectedCrash),
+                Err(err) => {
+                    self.stats.leader.store(false, Ordering::Relaxed);
+                    metrics::gauge!("annals_relay_leader", "relay" => self.config.name.clone())
+                        .set(0.0);
+                    tracing::warn!(error = %err, ?backoff, "relay failed; resuming from checkpoint");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(self.config.max_backoff);
+                }
+            }
+        }
+    }
+
+    /// One leadership term: lock, publish from the checkpoint until shutdown or failure.
+    async fn term(&self, shutdown: &CancellationToken) -> Result<TermEnd, StoreError> {
+        let name = self.config.name.clone();
+        // A dedicated connection: the lock lives exactly as long as it does.
+        let mut lock = self.store.pool().acquire().await?.detach();
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(TermEnd::Shutdown),
+            locked = sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))")
+                .bind(format!("annals.relay:{name}"))
+                .execute(&mut lock) => { locked?; }
+        }
+        self.stats.leader.store(true, Ordering::Relaxed);
+        metrics::gauge!("annals_relay_leader", "relay" => name.clone()).set(1.0);
+        tracing::info!("relay is the leader");
+
+        let result = self.publish_as_leader(&mut lock, shutdown).await;
+        self.stats.leader.store(false, Ordering::Relaxed);
+        metrics::gauge!("annals_relay_leader", "relay" => name).set(0.0);
+        // Closing the connection releases the lock even if unlocking is not possible.
+        let _ = lock.close().await;
+        result
+    }
+
+    async fn publish_as_leader(
+        &self,
+        lock: &mut PgConnection,
+        shutdown: &CancellationToken,
+    ) -> Result<TermEnd, StoreError> {
+        let checkpoint_name = self.config.checkpoint_name();
+        let producer: FutureProducer = self.config.client_config().create()?;
+        let mut topics = HashSet::new();
+        self.ensure_topics(&mut topics, &self.config.stream_types)
+            .await?;
+
+        let start = load_checkpoint(&mut *lock, &checkpoint_name).await?;
+        let options = SubscriptionOptions {
+            batch_size: self.config.batch_size,
+            ..SubscriptionOptions::default()
+        };
+        let mut subscription = self.store.subscribe(start, options);
+        let mut handed_over: u64 = 0;
+        let mut last_lag_check = Instant::now() - Duration::from_secs(60);
+        let mut lock_check = tokio::time::interval(Duration::from_secs(5));
+        lock_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        loop {
+            let batch = tokio::select! {
+                () = shutdown.cancelled() => return Ok(TermEnd::Shutdown),
+                _ = lock_check.tick() => {
+                    // A leader whose lock connection died must stop: someone else may lead.
+                    sqlx::query("SELECT 1").execute(&mut *lock).await?;
+                    continue;
+                }
+                batch = subscription.next_batch() => batch?,
+            };
+            let missing: Vec<String> = batch
+                .iter()
+                .filter(|e| !topics.contains(&e.stream_type))
+                .map(|e| e.stream_type.clone())
+                .collect();
+            if !missing.is_empty() {
+                self.ensure_topics(&mut topics, &missing).await?;
+            }
+
+            let started = Instant::now();
+            let mut pending: Vec<DeliveryFuture> = Vec::with_capacity(batch.len());
+            for event in &batch {
+                if self
+                    .config
+                    .crash_after_messages
+                    .is_some_and(|n| handed_over >= n)
+                {
+                    tracing::warn!(handed_over, "injected relay crash");
+                    return Ok(TermEnd::Crashed);
+                }
+                let delivery = self.enqueue(&producer, event, &mut pending).await?;
+                pending.push(delivery);
+                handed_over += 1;
+            }
+            for delivery in pending {
+                let outcome = delivery
+                    .await
+                    .map_err(|_| StoreError::Kafka(KafkaError::Canceled))?;
+                if let Err((err, _)) = outcome {
+                    self.stats.produce_errors.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("annals_relay_produce_errors_total").increment(1);
+                    if matches!(err.rdkafka_error_code(), Some(RDKafkaErrorCode::Fatal))
+                        || producer.client().fatal_error().is_some()
+                    {
+                        tracing::error!(error = %err, "fatal producer error; recreating the producer");
+                    }
+                    return Err(StoreError::Kafka(err));
+                }
+            }
+
+            let Some(last) = batch.last() else { continue };
+            save_checkpoint(&mut *lock, &checkpoint_name, last.global_position).await?;
+            self.stats
+                .published
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            self.stats.checkpoint.store(
+                u64::try_from(last.global_position.0).unwrap_or(0),
+                Ordering::Relaxed,
+            );
+            metrics::counter!("annals_relay_messages_total").increment(batch.len() as u64);
+            metrics::histogram!("annals_relay_batch_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
+            let age = (Utc::now() - last.recorded_at).num_milliseconds().max(0) as f64 / 1000.0;
+            metrics::gauge!("annals_relay_lag_seconds").set(age);
+            if last_lag_check.elapsed() >= Duration::from_secs(1) {
+                last_lag_check = Instant::now();
+                let behind: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM (SELECT 1 FROM events WHERE global_position > $1 \
+                     LIMIT 1000000) AS behind",
+                )
+                .bind(last.global_position.0)
+                .fetch_one(&mut *lock)
+                .await?;
+                metrics::gauge!("annals_relay_lag_events").set(behind as f64);
+                if behind == 0 {
+                    metrics::gauge!("annals_relay_lag_seconds").set(0.0);
+                }
+            }
+        }
+    }
+
+    /// Hands one event to the producer. When librdkafka's queue is full, waits for the oldest
+    /// in-flight delivery of this batch and retries, so the batch never exceeds the queue.
+    async fn enqueue(
+        &self,
+        producer: &FutureProducer,
+        event: &RecordedEvent,
+        pending: &mut Vec<DeliveryFuture>,
+    ) -> Result<DeliveryFuture, StoreError> {
+        let value = encode_envelope(event)?;
+        let topic = topic_for(&self.config.topic_prefix, &event.stream_type);
+        let headers = headers_of(event);
+        let mut record = FutureRecord::to(&topic)
+            .key(event.stream_id.as_bytes())
+            .payload(&value)
+            .headers(headers);
+        loop {
+            match producer.send_result(record) {
+                Ok(delivery) => return Ok(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    if pending.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    } else {
+                        let oldest = pending.remove(0);
+                        if let Ok(Err((err, _))) = oldest.await {
+                            return Err(StoreError::Kafka(err));
+                        }
+                    }
+                }
+                Err((err, _)) => return Err(StoreError::Kafka(err)),
+            }
+        }
+    }
+
+    async fn ensure_topics(
+        &self,
+        known: &mut HashSet<String>,
+        stream_types: &[String],
+    ) -> Result<(), StoreError> {
+        if !self.config.create_topics {
+            known.extend(stream_types.iter().cloned());
+            return Ok(());
+        }
+        let admin: AdminClient<DefaultClientContext> = self.config.client_config().create()?;
+        let names: Vec<String> = stream_types
+            .iter()
+            .filter(|t| !known.contains(*t))
+            .map(|t| topic_for(&self.config.topic_prefix, t))
+            .collect();
+        if names.is_empty() {
+            return Ok(());
+        }
+        let new_topics: Vec<NewTopic<'_>> = names
+            .iter()
+            .map(|n| {
+                NewTopic::new(
+                    n,
+                    self.config.partitions,
+                    TopicReplication::Fixed(self.config.replication),
+                )
+            })
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        for result in admin.create_topics(&new_topics, &options).await? {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(StoreError::Kafka(KafkaError::AdminOp(code)))
+                        .inspect_err(|_| tracing::error!(%topic, ?code, "creating topic failed"));
+                }
+            }
+        }
+        known.extend(stream_types.iter().cloned());
+        Ok(())
+    }
+}
+
+fn headers_of(event: &RecordedEvent) -> OwnedHeaders {
+    let position = event.global_position.0.to_string();
+    let schema_version = event.schema_version.to_string();
+    let event_id = event.event_id.to_string();
+    let mut headers = OwnedHeaders::new_with_capacity(7)
+        .insert(Header {
+            key: "event_id",
+            value: Some(event_id.as_str()),
+        })
+        .insert(Header {
+            key: "event_type",
+            value: Some(event.event_type.as_str()),
+        })
+        .insert(Header {
+            key: "schema_version",
+            value: Some(schema_version.as_str()),
+        })
+        .insert(Header {
+            key: "global_position",
+            value: Some(position.as_str()),
+        })
+        .insert(Header {
+            key: "tenant",
+            value: Some(event.tenant_id.as_str()),
+        });
+    // Metadata was written by this crate; a parse failure only loses the optional headers.
+    if let Ok(meta) = event.metadata() {
+        for (key, id) in [
+            ("correlation_id", meta.correlation_id),
+            ("causation_id", meta.causation_id),
+        ] {
+            if let Some(id) = id {
+                let id = id.to_string();
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(id.as_str()),
+                });
+            }
+        }
+    }
+    headers
+}
