@@ -69,7 +69,9 @@ EXCEPTION
 END
 $$;
 
--- Summaries: upserted per event by the projection owning the underlying events -------------------
+-- Summaries: upserted per event by the projection owning the underlying events. Their
+-- last_position is the highest position that contributed (GREATEST), so it does not depend on
+-- the order in which different streams were applied (Kafka partitions interleave freely).
 
 -- Problem pipeline per tenant and stage: how many problems are in the stage now, how many left
 -- it, and the total seconds spent in it by those that left (mean = total / exited).

@@ -69,7 +69,9 @@ pub async fn sample(
                     metrics::gauge!("annals_projection_lag_seconds", "projection" => p.name())
                         .set(lag.seconds);
                 }
-                Err(err) => tracing::warn!(projection = p.name(), error = %err, "lag sampling failed"),
+                Err(err) => {
+                    tracing::warn!(projection = p.name(), error = %err, "lag sampling failed")
+                }
             }
         }
         tokio::select! {

@@ -93,11 +93,9 @@ pub async fn execute_task_command(
         if events.is_empty() {
             return Ok(CommandOutcome::Nothing);
         }
-        let expected = history
-            .last()
-            .map_or(ExpectedVersion::NoStream, |e| {
-                ExpectedVersion::Exact(e.stream_version)
-            });
+        let expected = history.last().map_or(ExpectedVersion::NoStream, |e| {
+            ExpectedVersion::Exact(e.stream_version)
+        });
         let new_events = events
             .iter()
             .map(|e| NewEvent::new(e.event_type(), e.schema_version(), e.to_payload()))
@@ -135,7 +133,11 @@ async fn read_whole_stream(
 }
 
 /// Metadata of a command issued by a reactor in reaction to `trigger`.
-fn reactor_metadata(trigger_tenant: &str, actor: &str, trigger: Option<&RecordedEvent>) -> Metadata {
+fn reactor_metadata(
+    trigger_tenant: &str,
+    actor: &str,
+    trigger: Option<&RecordedEvent>,
+) -> Metadata {
     let mut m = Metadata::new(trigger_tenant, actor, "system");
     if let Some(t) = trigger {
         let origin = t.metadata().ok();
@@ -370,7 +372,11 @@ impl ReminderScheduler {
     }
 
     /// Reminders due at `now`.
-    pub async fn due(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<DueReminder>, ProjectionError> {
+    pub async fn due(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<DueReminder>, ProjectionError> {
         let rows = sqlx::query(
             "SELECT r.reminder_id, r.task_id, r.tenant_id, r.owner, t.title, t.due_date, \
                r.delivery_method, r.destination, r.armed_by_event_id, r.last_position \
@@ -410,9 +416,10 @@ impl ReminderScheduler {
     pub async fn tick(&self, now: DateTime<Utc>) -> Result<usize, ProjectionError> {
         let due = self.due(now, 100).await?;
         for r in &due {
-            let task_id = TaskId::new(r.task_id).map_err(|e| ProjectionError::Refused(e.to_string()))?;
-            let reminder_id =
-                ReminderId::new(r.reminder_id).map_err(|e| ProjectionError::Refused(e.to_string()))?;
+            let task_id =
+                TaskId::new(r.task_id).map_err(|e| ProjectionError::Refused(e.to_string()))?;
+            let reminder_id = ReminderId::new(r.reminder_id)
+                .map_err(|e| ProjectionError::Refused(e.to_string()))?;
             let (command, kind) = match self.channel.deliver(r).await {
                 Ok(()) => (
                     TaskCommand::RecordReminderSent {

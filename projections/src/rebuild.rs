@@ -95,8 +95,13 @@ pub async fn rebuild(
         position,
         elapsed: started.elapsed(),
     };
-    tracing::info!(projection = name, events, position = position.0,
-        elapsed_ms = report.elapsed.as_millis() as u64, "rebuild swapped in");
+    tracing::info!(
+        projection = name,
+        events,
+        position = position.0,
+        elapsed_ms = report.elapsed.as_millis() as u64,
+        "rebuild swapped in"
+    );
     Ok(report)
 }
 
@@ -243,8 +248,16 @@ async fn swap(
         .bind(projection.checkpoint_name())
         .execute(&mut *tx)
         .await?;
-    let pending = read(store, types, position, 1).await?;
-    if !pending.events.is_empty() || pending.held_back {
+    // On this connection: waiting live runners hold pool connections while we hold the lock.
+    let pending: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM events WHERE global_position > $1 \
+                          AND ($2::text[] IS NULL OR stream_type = ANY($2)))",
+    )
+    .bind(position.0)
+    .bind(types)
+    .fetch_one(&mut *tx)
+    .await?;
+    if pending {
         tx.rollback().await?;
         return Ok(false);
     }

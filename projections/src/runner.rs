@@ -318,8 +318,8 @@ impl Runner {
         }
         if event.stream_version > state.version + 1 {
             let stream = StreamId::new(event.stream_id.clone())?;
-            let missing = u32::try_from(event.stream_version - state.version - 1)
-                .unwrap_or(u32::MAX);
+            let missing =
+                u32::try_from(event.stream_version - state.version - 1).unwrap_or(u32::MAX);
             let gap = self
                 .store
                 .read_stream(&stream, state.version + 1, Direction::Forward, missing)
@@ -395,7 +395,9 @@ impl Runner {
         }
         let mut last_error = None;
         for attempt in 1..=self.options.max_attempts.max(1) {
-            sqlx::query("SAVEPOINT annals_event").execute(&mut *conn).await?;
+            sqlx::query("SAVEPOINT annals_event")
+                .execute(&mut *conn)
+                .await?;
             match self.projection.apply(conn, event).await {
                 Ok(()) => {
                     sqlx::query("RELEASE SAVEPOINT annals_event")
@@ -464,10 +466,13 @@ impl Runner {
             let started = Instant::now();
             let outcome = match batch {
                 Ok(batch) => {
-                    let span = info_span!("projection.batch", projection = name,
+                    let span = info_span!(
+                        "projection.batch",
+                        projection = name,
                         events = batch.events.len(),
                         first = batch.events.first().map(|e| e.global_position.0),
-                        last = batch.events.last().map(|e| e.global_position.0));
+                        last = batch.events.last().map(|e| e.global_position.0)
+                    );
                     async {
                         let stats = self.process(&batch.events, batch.checkpoint).await?;
                         source.ack().await?;
@@ -586,7 +591,9 @@ pub(crate) async fn apply_once(
     projection: &dyn Projection,
     event: &RecordedEvent,
 ) -> Result<Result<(), ProjectionError>, sqlx::Error> {
-    sqlx::query("SAVEPOINT annals_event").execute(&mut *conn).await?;
+    sqlx::query("SAVEPOINT annals_event")
+        .execute(&mut *conn)
+        .await?;
     match projection.apply(conn, event).await {
         Ok(()) => {
             sqlx::query("RELEASE SAVEPOINT annals_event")

@@ -28,7 +28,11 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
-#[command(name = "annals-projections", version, about = "annals read side: projections, rebuild, dead letters")]
+#[command(
+    name = "annals-projections",
+    version,
+    about = "annals read side: projections, rebuild, dead letters"
+)]
 struct Cli {
     /// Postgres holding the event store and the read models.
     #[arg(long, env = "DATABASE_URL")]
@@ -76,7 +80,11 @@ struct RunArgs {
     #[arg(long, env = "ANNALS_TOPIC_PREFIX", default_value = "annals.")]
     topic_prefix: String,
     /// Consumer group prefix; each projection's group is prefix + its name.
-    #[arg(long, env = "ANNALS_GROUP_PREFIX", default_value = "annals.projections.")]
+    #[arg(
+        long,
+        env = "ANNALS_GROUP_PREFIX",
+        default_value = "annals.projections."
+    )]
     group_prefix: String,
     /// Events per batch (per transaction).
     #[arg(long, env = "ANNALS_BATCH_SIZE", default_value_t = 500)]
@@ -144,7 +152,9 @@ async fn main() -> anyhow::Result<()> {
         .connect(&cli.database_url)
         .await
         .context("connecting to Postgres")?;
-    event_store::migrate(&pool).await.context("applying migrations")?;
+    event_store::migrate(&pool)
+        .await
+        .context("applying migrations")?;
     let store = EventStore::new(pool.clone());
 
     match cli.command {
@@ -176,7 +186,12 @@ async fn main() -> anyhow::Result<()> {
         Command::Lag => {
             for p in models::all() {
                 let l = lag::measure(&pool, p.as_ref()).await?;
-                println!("{:<16} {:>10} events {:>10.1} s", p.name(), l.events, l.seconds);
+                println!(
+                    "{:<16} {:>10} events {:>10.1} s",
+                    p.name(),
+                    l.events,
+                    l.seconds
+                );
             }
             Ok(())
         }
@@ -280,15 +295,21 @@ async fn run(store: EventStore, args: RunArgs) -> anyhow::Result<()> {
             )),
         };
         let token = shutdown.clone();
-        tracing::info!(projection = p.name(), kafka = args.kafka_bootstrap.is_some(), "starting projection");
+        tracing::info!(
+            projection = p.name(),
+            kafka = args.kafka_bootstrap.is_some(),
+            "starting projection"
+        );
         tasks.spawn(async move { runner.run(source.as_mut(), &token).await });
     }
     if !args.no_reactors {
         let recurring = RecurringTasks::new(store.clone());
         let token = shutdown.clone();
         tasks.spawn(async move { recurring.run(&token).await });
-        let mut scheduler =
-            ReminderScheduler::new(store.clone(), Arc::new(InAppInbox::new(store.pool().clone())));
+        let mut scheduler = ReminderScheduler::new(
+            store.clone(),
+            Arc::new(InAppInbox::new(store.pool().clone())),
+        );
         scheduler.interval = Duration::from_secs(args.reminder_interval_secs.max(1));
         let token = shutdown.clone();
         tasks.spawn(async move { scheduler.run(&token).await });

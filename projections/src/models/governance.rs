@@ -49,7 +49,7 @@ impl Projection for GovernanceProjection {
              ON CONFLICT (tenant_id, day, framework_type, event_type) DO UPDATE \
              SET decision_count = g.decision_count + 1, \
                  approved_count = g.approved_count + excluded.approved_count, \
-                 last_position = excluded.last_position",
+                 last_position = GREATEST(g.last_position, excluded.last_position)",
         )
         .bind(d.decision_id.as_uuid())
         .bind(&event.tenant_id)

@@ -78,7 +78,7 @@ impl Projection for ProblemsProjection {
                        exited_count, total_seconds_in_stage, last_position) \
                      VALUES ($1, 'created', 1, 0, 0, $2) \
                      ON CONFLICT (tenant_id, stage) DO UPDATE \
-                     SET problem_count = s.problem_count + 1, last_position = excluded.last_position",
+                     SET problem_count = s.problem_count + 1, last_position = GREATEST(s.last_position, excluded.last_position)",
                 )
                 .bind(tenant)
                 .bind(pos)
@@ -209,7 +209,10 @@ impl Projection for ProblemsProjection {
                 .bind(p.title.as_str())
                 .bind(json(&p.methods))
                 .bind(json(&p.data_requirements))
-                .bind(p.estimated_hours.map(|h| i32::try_from(h).unwrap_or(i32::MAX)))
+                .bind(
+                    p.estimated_hours
+                        .map(|h| i32::try_from(h).unwrap_or(i32::MAX)),
+                )
                 .bind(p.owner.as_ref().map(|o| o.as_str()))
                 .bind(json(&p.dependencies))
                 .bind(json(&p.acceptance_criteria))
@@ -427,7 +430,7 @@ async fn transition(
          SET problem_count = s.problem_count + excluded.problem_count, \
              exited_count = s.exited_count + excluded.exited_count, \
              total_seconds_in_stage = s.total_seconds_in_stage + excluded.total_seconds_in_stage, \
-             last_position = excluded.last_position",
+             last_position = GREATEST(s.last_position, excluded.last_position)",
     )
     .bind(&tenant)
     .bind(&from)

@@ -77,7 +77,7 @@ impl Projection for AgentSessionsProjection {
                      ON CONFLICT (tenant_id, user_ref) DO UPDATE \
                      SET session_count = u.session_count + 1, \
                          last_session_at = GREATEST(u.last_session_at, excluded.last_session_at), \
-                         last_position = excluded.last_position",
+                         last_position = GREATEST(u.last_position, excluded.last_position)",
                 )
                 .bind(&event.tenant_id)
                 .bind(c.user.as_str())
@@ -88,7 +88,14 @@ impl Projection for AgentSessionsProjection {
                 Ok(())
             }
             AgentSessionEvent::ApprovalRequested(t) => {
-                set_status(conn, event, t.session_id.as_uuid(), "pending_approval", t.at).await
+                set_status(
+                    conn,
+                    event,
+                    t.session_id.as_uuid(),
+                    "pending_approval",
+                    t.at,
+                )
+                .await
             }
             AgentSessionEvent::Approved(d) => {
                 set_status(conn, event, d.session_id.as_uuid(), "approved", d.at).await
@@ -147,7 +154,7 @@ impl Projection for AgentSessionsProjection {
                        RETURNING tenant_id, user_ref), \
                      u AS ( \
                        UPDATE user_activity ua SET total_cost = ua.total_cost + $3::numeric, \
-                         last_position = $7 FROM s \
+                         last_position = GREATEST(ua.last_position, $7) FROM s \
                        WHERE ua.tenant_id = s.tenant_id AND ua.user_ref = s.user_ref) \
                      INSERT INTO cost_daily AS d (tenant_id, user_ref, day, total_cost, \
                        cost_events, tokens_used, last_position) \
@@ -157,7 +164,7 @@ impl Projection for AgentSessionsProjection {
                      SET total_cost = d.total_cost + excluded.total_cost, \
                          cost_events = d.cost_events + 1, \
                          tokens_used = d.tokens_used + excluded.tokens_used, \
-                         last_position = excluded.last_position",
+                         last_position = GREATEST(d.last_position, excluded.last_position)",
                 )
                 .bind(c.session_id.as_uuid())
                 .bind(num(c.total.get()))

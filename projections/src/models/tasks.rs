@@ -79,12 +79,10 @@ impl Projection for TasksProjection {
                 let (prio_set, prio) = patch(&u.priority, |p| p.as_str().to_owned());
                 let (rc_set, rc) = patch(&u.reminder_config, json);
                 let (rec_set, rec) = patch(&u.recurrence, json);
-                let tags: Option<Vec<String>> = u.tags.as_ref().map(|t| {
-                    t.as_slice()
-                        .iter()
-                        .map(|x| x.as_str().to_owned())
-                        .collect()
-                });
+                let tags: Option<Vec<String>> = u
+                    .tags
+                    .as_ref()
+                    .map(|t| t.as_slice().iter().map(|x| x.as_str().to_owned()).collect());
                 let r = sqlx::query(
                     "UPDATE tasks SET title = COALESCE($2, title), \
                        description = CASE WHEN $3 THEN $4 ELSE description END, \
@@ -267,7 +265,7 @@ async fn status_change(
          SET active_count = s.active_count + excluded.active_count, \
              completed_count = s.completed_count + excluded.completed_count, \
              deleted_count = s.deleted_count + excluded.deleted_count, \
-             last_position = excluded.last_position",
+             last_position = GREATEST(s.last_position, excluded.last_position)",
     )
     .bind(task_id)
     .bind(status)
@@ -296,7 +294,7 @@ async fn bump_summary(
          SET active_count = s.active_count + excluded.active_count, \
              completed_count = s.completed_count + excluded.completed_count, \
              deleted_count = s.deleted_count + excluded.deleted_count, \
-             last_position = excluded.last_position",
+             last_position = GREATEST(s.last_position, excluded.last_position)",
     )
     .bind(tenant)
     .bind(owner)
