@@ -8,6 +8,9 @@ DATABASE_URL="$(deploy/local/postgres.sh)"
 export DATABASE_URL
 KAFKA_BOOTSTRAP="$(deploy/local/kafka.sh)"
 export KAFKA_BOOTSTRAP
+# Python with grpcio for the command API's foreign-client (reflection) test.
+ANNALS_PYTHON="$(deploy/local/python.sh)"
+export ANNALS_PYTHON
 echo "== using $DATABASE_URL and Kafka at $KAFKA_BOOTSTRAP"
 
 echo "== cargo fmt --check"

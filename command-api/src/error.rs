@@ -13,7 +13,7 @@
 //! | anything else (corrupt history, bugs) | `INTERNAL`, generic message |
 //!
 //! Domain errors also carry their stable code in the `annals-error-code` response metadata
-//! (e.g. `agent_session.not_approved`), for clients that branch on a specific rule. Internal
+//! (e.g. `task.not_active`), for clients that branch on a specific rule. Internal
 //! details are logged with `tracing`, never sent.
 
 use aggregates::{DomainError, ErrorKind};
