@@ -1112,6 +1112,43 @@ async fn health_reports_every_service(pool: PgPool) {
     api.stop().await;
 }
 
+#[sqlx::test(migrator = "event_store::MIGRATOR")]
+async fn reflection_v1_lists_the_command_services(pool: PgPool) {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let api = Api::start(pool).await;
+    let mut client = ServerReflectionClient::new(api.channel.clone());
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        panic!("unexpected reflection answer: {answer:?}");
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    for service in [
+        "annals.v1.ProblemCommands",
+        "annals.v1.TaskCommands",
+        "annals.v1.AgentSessionCommands",
+        "annals.v1.GovernanceCommands",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == service),
+            "{service} not in {names:?}"
+        );
+    }
+    api.stop().await;
+}
+
 /// The Python interpreter with grpcio: `ANNALS_PYTHON`, else the venv `deploy/test.sh` builds.
 fn python() -> std::path::PathBuf {
     if let Some(p) = std::env::var_os("ANNALS_PYTHON") {
