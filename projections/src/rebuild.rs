@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use event_store::{AllBatch, EventStore, Position};
 use indicatif::{ProgressBar, ProgressStyle};
 use sqlx::{Connection, PgConnection};
+use tracing::Instrument;
 
 use crate::projection::{Projection, ProjectionError};
 use crate::runner::{Runner, RunnerOptions, Target};
@@ -77,32 +78,35 @@ pub async fn rebuild(
     let started = Instant::now();
     let name = projection.name();
     let span = tracing::info_span!("projection.rebuild", projection = name);
-    let _enter = span.enter();
-    let mut lock_conn = store.pool().acquire().await?.detach();
-    sqlx::query("SELECT pg_advisory_lock($1)")
-        .bind(REBUILD_LOCK)
-        .execute(&mut lock_conn)
-        .await?;
-    let result = rebuild_locked(store, projection, options).await;
-    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(REBUILD_LOCK)
-        .execute(&mut lock_conn)
-        .await;
-    let _ = lock_conn.close().await;
-    let (events, position) = result?;
-    let report = RebuildReport {
-        events,
-        position,
-        elapsed: started.elapsed(),
-    };
-    tracing::info!(
-        projection = name,
-        events,
-        position = position.0,
-        elapsed_ms = report.elapsed.as_millis() as u64,
-        "rebuild swapped in"
-    );
-    Ok(report)
+    async move {
+        let mut lock_conn = store.pool().acquire().await?.detach();
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(REBUILD_LOCK)
+            .execute(&mut lock_conn)
+            .await?;
+        let result = rebuild_locked(store, projection, options).await;
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(REBUILD_LOCK)
+            .execute(&mut lock_conn)
+            .await;
+        let _ = lock_conn.close().await;
+        let (events, position) = result?;
+        let report = RebuildReport {
+            events,
+            position,
+            elapsed: started.elapsed(),
+        };
+        tracing::info!(
+            projection = name,
+            events,
+            position = position.0,
+            elapsed_ms = report.elapsed.as_millis() as u64,
+            "rebuild swapped in"
+        );
+        Ok(report)
+    }
+    .instrument(span)
+    .await
 }
 
 async fn rebuild_locked(

@@ -42,7 +42,7 @@ async fn seed(store: &EventStore) {
                     task_id: task_id(id),
                 },
             ];
-            cmds.push(if n % 3 == 0 {
+            cmds.push(if n.is_multiple_of(3) {
                 TaskCommand::DeleteTask {
                     task_id: task_id(id),
                 }
@@ -98,7 +98,7 @@ async fn rebuilding_100k_events_equals_the_incremental_models(pool: PgPool) {
     .fetch_one(&pool)
     .await
     .unwrap();
-    let deleted = (0..TASKS).filter(|n| n % 3 == 0).count() as i64;
+    let deleted = (0..TASKS).filter(|n| n.is_multiple_of(3)).count() as i64;
     assert_eq!(summary, (0, TASKS as i64 - deleted, deleted));
 
     let started = Instant::now();
