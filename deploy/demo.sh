@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job: starts what it needs (Postgres) and runs the end-to-end demos:
 # the event store on its own, then real gRPC commands through the command API.
+# ANNALS_KAFKA=1 also publishes everything to Kafka (tansu, started here) and counts the messages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATABASE_URL="$(deploy/local/postgres.sh)"
@@ -9,3 +10,9 @@ cargo build --quiet -p event-store --example demo -p command-api --example demo
 cargo run --quiet -p event-store --example demo -- "$@"
 echo
 cargo run --quiet -p command-api --example demo
+if [ "${ANNALS_KAFKA:-0}" = "1" ]; then
+  KAFKA_BOOTSTRAP="$(deploy/local/kafka.sh)"
+  export KAFKA_BOOTSTRAP
+  echo
+  cargo run --quiet -p event-store --example relay_demo
+fi

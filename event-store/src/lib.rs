@@ -54,7 +54,8 @@
 //! - [`error`]: [`StoreError`], the one place where SQLSTATEs are interpreted.
 //! - `store`: [`EventStore`] append/read, checkpoints.
 //! - `subscription`: [`Subscription`], the live catch-up subscription.
-//! - [`hash`] and `verify`: the hash chain and its verifier ([`VerifyReport`]).
+//! - [`hash`] and `verify`: the hash chain and its verifier ([`VerifyReport`]);
+//!   `verify_range`: [`EventStore::verify_positions`] over a range of global positions.
 //! - [`relay`]: the outbox relay to Kafka ([`relay::Relay`]) and its wire format; the
 //!   `annals-relay` binary runs it on its own.
 //! - The schema lives in the workspace's `migrations/`; apply it with [`migrate`].
@@ -66,6 +67,7 @@ mod store;
 mod subscription;
 pub mod types;
 mod verify;
+mod verify_range;
 
 pub use error::StoreError;
 pub use store::{EventStore, load_checkpoint, save_checkpoint};
