@@ -12,27 +12,9 @@ set -euo pipefail
 DEFAULT_URL="postgres://annals:annals@127.0.0.1:5432/annals"
 export PGCONNECT_TIMEOUT=3
 
-log() { printf 'postgres.sh: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-as_root() {
-  if [ "$(id -u)" = 0 ]; then "$@"
-  elif command -v sudo >/dev/null 2>&1; then sudo -n "$@" || die "sudo refused: $*"
-  else die "need root (or sudo) to run: $*"
-  fi
-}
-
-apt_updated=""
-apt_install() {
-  command -v apt-get >/dev/null 2>&1 || die "no Postgres reachable and no apt-get to install one; set DATABASE_URL"
-  if [ -z "$apt_updated" ]; then
-    log "apt-get update"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
-    apt_updated=1
-  fi
-  log "installing $*"
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2
-}
+SCRIPT_NAME=postgres.sh
+# shellcheck source=deploy/local/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 answers() { psql "$1" -Atqc 'SELECT 1' >/dev/null 2>&1; }
 

@@ -110,16 +110,7 @@ impl EventStore {
         &self,
         command_id: Uuid,
     ) -> Result<Option<AppendResult>, StoreError> {
-        let row = sqlx::query_scalar::<_, sqlx::types::Json<AppendResult>>(
-            "SELECT result FROM command_log WHERE command_id = $1",
-        )
-        .bind(command_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|json| AppendResult {
-            replayed: true,
-            ..json.0
-        }))
+        self.logged_command(command_id, None).await
     }
 
     /// Like [`EventStore::command_result`], but also checks the request: a command id stored
@@ -130,6 +121,14 @@ impl EventStore {
         command_id: Uuid,
         fingerprint: [u8; 32],
     ) -> Result<Option<AppendResult>, StoreError> {
+        self.logged_command(command_id, Some(fingerprint)).await
+    }
+
+    async fn logged_command(
+        &self,
+        command_id: Uuid,
+        fingerprint: Option<[u8; 32]>,
+    ) -> Result<Option<AppendResult>, StoreError> {
         let row = sqlx::query_as::<_, (Vec<u8>, sqlx::types::Json<AppendResult>)>(
             "SELECT fingerprint, result FROM command_log WHERE command_id = $1",
         )
@@ -138,7 +137,7 @@ impl EventStore {
         .await?;
         match row {
             None => Ok(None),
-            Some((stored, _)) if stored.as_slice() != fingerprint.as_slice() => {
+            Some((stored, _)) if fingerprint.is_some_and(|f| stored.as_slice() != f.as_slice()) => {
                 Err(StoreError::CommandIdReused { command_id })
             }
             Some((_, json)) => Ok(Some(AppendResult {
