@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "proto/annals/v1/tasks.proto",
     "proto/annals/v1/agent_sessions.proto",
     "proto/annals/v1/governance.proto",
+    "proto/annals/v1/queries.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

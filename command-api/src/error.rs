@@ -21,7 +21,7 @@ use event_store::{ExpectedVersion, StoreError};
 use tonic::{Code, Status};
 use uuid::Uuid;
 
-use crate::auth::AuthError;
+use schemas::auth::AuthError;
 
 /// Metadata key carrying a domain error's stable code.
 pub const ERROR_CODE_METADATA: &str = "annals-error-code";

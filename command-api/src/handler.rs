@@ -23,9 +23,9 @@ use event_store::{
 use schemas::v1 as pb;
 use uuid::Uuid;
 
-use crate::auth::Principal;
 use crate::convert::Envelope;
 use crate::error::ApiError;
+use schemas::auth::Principal;
 
 /// Events read per round trip while loading a stream.
 const LOAD_PAGE: u32 = 1_000;

@@ -8,8 +8,8 @@
 //!
 //! # Layout
 //!
-//! - [`auth`]: tokens (SHA-256 hashed in `api_tokens`), roles, principals; reusable by the
-//!   query API.
+//! - [`auth`]: re-export of [`schemas::auth`] (tokens SHA-256 hashed in `api_tokens`, roles,
+//!   principals), shared with the query API.
 //! - [`convert`]: proto -> domain, one module per aggregate, plus the shared envelope.
 //! - [`handler`]: retry check, load, expected-version check, decide, append.
 //! - [`service`]: the four tonic service impls (span, metrics, fingerprint per RPC).
@@ -18,7 +18,6 @@
 //! - [`telemetry`]: the Prometheus endpoint.
 //! - `src/main.rs`: the `annals-command-api` binary (`serve`, `token create|list|revoke`).
 
-pub mod auth;
 pub mod convert;
 pub mod error;
 pub mod handler;
@@ -28,4 +27,5 @@ pub mod telemetry;
 
 pub use auth::{NewToken, Principal, Role, TokenStore};
 pub use error::ApiError;
+pub use schemas::auth;
 pub use server::{ServerConfig, serve, shutdown_signal};

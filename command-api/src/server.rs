@@ -11,8 +11,8 @@ use schemas::v1::task_commands_server::TaskCommandsServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::auth::TokenStore;
 use crate::service::CommandService;
+use schemas::auth::TokenStore;
 
 /// Limits and timeouts of the server (the binary fills it from flags and environment).
 #[derive(Debug, Clone, PartialEq, Eq)]

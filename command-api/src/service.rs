@@ -23,10 +23,10 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 use tracing::field::Empty;
 
-use crate::auth::{Principal, TokenStore};
 use crate::convert;
 use crate::error::ApiError;
 use crate::handler::{CommandCall, Primary, Target, execute, execute_governed};
+use schemas::auth::{Principal, TokenStore};
 
 /// Longest user agent kept in event metadata.
 const MAX_USER_AGENT_CHARS: usize = 256;

@@ -4,8 +4,9 @@
 //! is stored (table `api_tokens`), so the table never holds a usable credential. Lookups are by hash, one
 //! indexed query per request; revocation and expiry take effect on the next request.
 //!
-//! This module depends only on sqlx, sha2 and tonic, so that the query API can use it as is
-//! (it belongs in a small shared crate once a second service needs it).
+//! It lives in `schemas` because it is part of the API-edge contract shared by the command and
+//! query services (token format, roles, principal), and `query-api` may not depend on
+//! `command-api`. It depends only on sqlx, sha2 and tonic.
 
 use std::fmt;
 
@@ -14,7 +15,9 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-/// What a token may do. Commands need [`Role::Admin`] or [`Role::Service`].
+/// What a token may do. Commands need [`Role::Admin`] or [`Role::Service`]; every role may
+/// query its tenant's read models; history and integrity checks need
+/// [`Role::Admin`] or [`Role::Auditor`] (see [`Role::can_read_history`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     /// Everything, including token management through future admin RPCs.
@@ -58,6 +61,17 @@ impl Role {
     /// Whether the role may send commands (append events).
     pub fn can_write(self) -> bool {
         matches!(self, Role::Admin | Role::Service)
+    }
+
+    /// Whether the role may read raw event history, as-of state and integrity reports.
+    pub fn can_read_history(self) -> bool {
+        matches!(self, Role::Admin | Role::Auditor)
+    }
+
+    /// Whether the role may see personal fields of audit rows (actor, client ip, user agent,
+    /// changed field values). Every role but [`Role::Viewer`].
+    pub fn sees_personal_fields(self) -> bool {
+        !matches!(self, Role::Viewer)
     }
 }
 
@@ -297,6 +311,20 @@ impl Principal {
             Err(AuthError::Forbidden {
                 role: self.role,
                 action: "send commands (needs admin or service)",
+            })
+        }
+    }
+}
+
+impl Principal {
+    /// Fails unless the principal may read event history and verify integrity.
+    pub fn require_history(&self) -> Result<(), AuthError> {
+        if self.role.can_read_history() {
+            Ok(())
+        } else {
+            Err(AuthError::Forbidden {
+                role: self.role,
+                action: "read event history (needs admin or auditor)",
             })
         }
     }

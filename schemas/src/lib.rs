@@ -3,14 +3,22 @@
 //! Package `annals.v1` holds one command service per aggregate (`ProblemCommands`,
 //! `TaskCommands`, `AgentSessionCommands`, `GovernanceCommands`), the shared
 //! `CommandEnvelope` (idempotency key, expected version, correlation and causation ids) and
-//! `CommandResult`. Generated with tonic/prost at build time; `protoc` is vendored.
+//! `CommandResult`; and the query services (`ProblemQueries`, `TaskQueries`,
+//! `AgentSessionQueries`, `GovernanceQueries`, `SummaryQueries`, `AuditQueries`,
+//! `HistoryQueries`) with their shared conventions (tenant from the token, `min_position`
+//! read-your-writes, `position` in every response, opaque keyset page tokens). Generated with
+//! tonic/prost at build time; `protoc` is vendored.
 //!
 //! # Layout
 //!
 //! - `proto/annals/v1/*.proto`: the source of truth (`common`, `problems`, `tasks`,
-//!   `agent_sessions`, `governance`).
+//!   `agent_sessions`, `governance`, `queries`).
 //! - [`v1`]: generated messages, clients (`*_client`) and servers (`*_server`).
 //! - [`FILE_DESCRIPTOR_SET`]: encoded descriptors of every file, for gRPC reflection.
+//! - [`auth`]: the API-edge contract both services share: bearer-token format, roles,
+//!   [`auth::Principal`], and the token store (`api_tokens`, SHA-256 hashed).
+
+pub mod auth;
 
 /// Generated code of package `annals.v1`.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]

@@ -1,0 +1,39 @@
+//! The annals query service: read models, summaries, the audit trail and event history over
+//! gRPC, scoped to the caller's tenant.
+//!
+//! Every RPC authenticates a bearer token ([`schemas::auth`]; every role may read its
+//! tenant's read models, history needs `admin` or `auditor`), waits for `min_position` when
+//! given and reads the position its answer reflects ([`reader`]), then runs its statements in
+//! one tenant-scoped, read-only transaction (`WHERE tenant_id = $1` on every statement, plus
+//! row-level security as a second wall). Lists are keyset-paginated with opaque tokens
+//! ([`cursor`]). History RPCs read the event store directly: events upcast through the
+//! aggregates' `from_stored`, state as of a version or instant folded with their `evolve`, and
+//! hash-chain verification over a stream or a range of positions.
+//!
+//! # Layout
+//!
+//! - [`reader`]: projection positions, the bounded read-your-writes wait, tenant transactions.
+//! - [`cursor`]: page sizes (default 50, max 500) and opaque keyset page tokens.
+//! - [`convert`]: request fields -> SQL values (validation), rows -> proto fields.
+//! - `service/`: [`QueryService`], one module per proto service (`problems`, `tasks`,
+//!   `sessions`, `governance`, `summaries`, `audit` with the streamed export and viewer
+//!   redaction, `history`).
+//! - [`state`]: aggregate states as JSON for as-of replays.
+//! - [`error`]: [`QueryError`] and its mapping to gRPC statuses.
+//! - [`server`]: health, reflection, limits, graceful shutdown.
+//! - [`telemetry`]: the Prometheus endpoint.
+//! - `src/main.rs`: the `annals-query-api` binary.
+
+pub mod convert;
+pub mod cursor;
+pub mod error;
+pub mod reader;
+pub mod server;
+mod service;
+pub mod state;
+pub mod telemetry;
+
+pub use error::QueryError;
+pub use reader::{Model, Reader};
+pub use server::{ServerConfig, serve, shutdown_signal};
+pub use service::QueryService;

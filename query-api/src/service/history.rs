@@ -1,0 +1,325 @@
+//! `HistoryQueries`: events of a stream (upcast), state as of a version or instant, integrity.
+//!
+//! Roles `admin` and `auditor` only. A stream of another tenant does not exist for the caller
+//! (`NOT_FOUND`); a range verification covers only the caller's tenant's events.
+
+use aggregates::agent_session::AgentSession;
+use aggregates::governance::GovernanceDecision;
+use aggregates::problem::Problem;
+use aggregates::task::Task;
+use aggregates::{Aggregate, DomainEvent};
+use chrono::{DateTime, Utc};
+use event_store::{Direction, Position, RecordedEvent, StreamId, VerifyReport};
+use schemas::v1 as pb;
+use schemas::v1::history_queries_server::HistoryQueries;
+use serde_json::Value;
+use tonic::{Request, Response, Status};
+
+use super::{QueryService, observe};
+use crate::convert::{self, ts};
+use crate::error::QueryError;
+use crate::reader::Model;
+use crate::state;
+
+/// Events per store read while folding a stream.
+const FOLD_PAGE: u32 = 1_000;
+
+/// Where an as-of replay stops.
+#[derive(Debug, Clone, Copy)]
+enum AsOf {
+    /// After this stream version.
+    Version(u64),
+    /// After the longest prefix of events recorded at or before this instant.
+    At(DateTime<Utc>),
+}
+
+impl AsOf {
+    fn includes(self, event: &RecordedEvent) -> bool {
+        match self {
+            AsOf::Version(v) => event.stream_version <= v,
+            AsOf::At(t) => event.recorded_at <= t,
+        }
+    }
+}
+
+/// Upcasts one stored event of aggregate `A`: (current schema version, payload).
+fn upcast_as<A: Aggregate>(event: &RecordedEvent) -> Result<(u32, Value), QueryError> {
+    let payload = event.payload_json()?;
+    let domain = A::Event::from_stored(&event.event_type, event.schema_version, payload)
+        .map_err(|e| QueryError::Corrupt(format!("event {}: {e}", event.event_id)))?;
+    Ok((domain.schema_version(), domain.to_payload()))
+}
+
+fn upcast(event: &RecordedEvent) -> Result<(u32, Value), QueryError> {
+    match event.stream_type.as_str() {
+        Problem::STREAM_TYPE => upcast_as::<Problem>(event),
+        Task::STREAM_TYPE => upcast_as::<Task>(event),
+        AgentSession::STREAM_TYPE => upcast_as::<AgentSession>(event),
+        GovernanceDecision::STREAM_TYPE => upcast_as::<GovernanceDecision>(event),
+        other => Err(QueryError::Corrupt(format!("unknown stream type {other}"))),
+    }
+}
+
+fn history_event(event: &RecordedEvent) -> Result<pb::HistoryEvent, QueryError> {
+    let (schema_version, payload) = upcast(event)?;
+    Ok(pb::HistoryEvent {
+        global_position: event.global_position.0,
+        event_id: event.event_id.to_string(),
+        stream_id: event.stream_id.clone(),
+        stream_type: event.stream_type.clone(),
+        stream_version: event.stream_version,
+        event_type: event.event_type.clone(),
+        stored_schema_version: event.schema_version,
+        schema_version,
+        payload_json: payload.to_string(),
+        metadata_json: event.metadata.clone(),
+        recorded_at: Some(ts(event.recorded_at)),
+        hash: hex::encode(event.hash),
+    })
+}
+
+/// Folds the stream of aggregate `A` up to `as_of`, page by page; returns the state as JSON,
+/// the last folded event's version and recording time.
+async fn fold<A: Aggregate>(
+    service: &QueryService,
+    stream: &StreamId,
+    as_of: AsOf,
+    to_json: fn(&A::State) -> Value,
+) -> Result<(Value, u64, Option<DateTime<Utc>>), QueryError> {
+    let mut state = A::State::default();
+    let mut version = 0;
+    let mut recorded_at = None;
+    'pages: loop {
+        let events = service
+            .store
+            .read_stream(stream, version + 1, Direction::Forward, FOLD_PAGE)
+            .await?;
+        let full = events.len() == FOLD_PAGE as usize;
+        for event in &events {
+            if !as_of.includes(event) {
+                break 'pages;
+            }
+            let payload = event.payload_json()?;
+            let domain = A::Event::from_stored(&event.event_type, event.schema_version, payload)
+                .map_err(|e| QueryError::Corrupt(format!("event {}: {e}", event.event_id)))?;
+            state = A::evolve(state, &domain);
+            version = event.stream_version;
+            recorded_at = Some(event.recorded_at);
+        }
+        if !full {
+            break;
+        }
+    }
+    Ok((to_json(&state), version, recorded_at))
+}
+
+fn tampered(t: &event_store::Tampering) -> pb::TamperedEvent {
+    let kind = serde_json::to_value(&t.kind)
+        .ok()
+        .and_then(|v| v.get("kind").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_else(|| format!("{:?}", t.kind));
+    pb::TamperedEvent {
+        stream_id: t.stream_id.clone(),
+        global_position: t.global_position.map_or(0, |p| p.0),
+        stream_version: t.stream_version.unwrap_or(0),
+        event_id: String::new(),
+        kind,
+    }
+}
+
+impl QueryService {
+    /// The stream, if it exists and belongs to `tenant`; its stream type.
+    async fn own_stream(&self, tenant: &str, raw: &str) -> Result<(StreamId, String), QueryError> {
+        let stream =
+            StreamId::new(raw).map_err(|e| QueryError::invalid("stream_id", e.to_string()))?;
+        match self.store.stream_head(&stream).await? {
+            Some(head) if head.tenant_id == tenant => Ok((stream, head.stream_type)),
+            _ => Err(QueryError::NotFound(format!("stream {raw}"))),
+        }
+    }
+
+    /// The report as the response, naming the event id of every bad position (one query).
+    async fn verify_response(
+        &self,
+        position: i64,
+        report: VerifyReport,
+    ) -> Result<pb::VerifyIntegrityResponse, QueryError> {
+        let mut bad: Vec<pb::TamperedEvent> = report.tampered.iter().map(tampered).collect();
+        let positions: Vec<i64> = bad
+            .iter()
+            .map(|t| t.global_position)
+            .filter(|p| *p > 0)
+            .collect();
+        if !positions.is_empty() {
+            let ids: Vec<(i64, uuid::Uuid)> = sqlx::query_as(
+                "SELECT global_position, event_id FROM events WHERE global_position = ANY($1)",
+            )
+            .bind(&positions)
+            .fetch_all(self.reader.pool())
+            .await?;
+            for t in &mut bad {
+                if let Some((_, id)) = ids.iter().find(|(p, _)| *p == t.global_position) {
+                    t.event_id = id.to_string();
+                }
+            }
+        }
+        let first_bad = report.first_bad().map(tampered).and_then(|first| {
+            bad.iter()
+                .find(|t| t.stream_id == first.stream_id)
+                .cloned()
+                .or(Some(first))
+        });
+        Ok(pb::VerifyIntegrityResponse {
+            position,
+            intact: report.is_intact(),
+            events_checked: report.events_checked,
+            streams_checked: report.streams_checked,
+            first_bad,
+            tampered: bad,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl HistoryQueries for QueryService {
+    async fn read_stream(
+        &self,
+        request: Request<pb::ReadStreamRequest>,
+    ) -> Result<Response<pb::ReadStreamResponse>, Status> {
+        observe("ReadStream", async {
+            let principal = self.principal(request.metadata()).await?;
+            principal.require_history()?;
+            let req = request.get_ref();
+            let limit = crate::cursor::page_size(req.max_count)
+                .map_err(|_| QueryError::invalid("max_count", "must be at most 500"))?;
+            let position = self.reader.reach(Model::Store, req.min_position).await?;
+            let (stream, _) = self.own_stream(&principal.tenant, &req.stream_id).await?;
+            let from = req.from_version.max(1);
+            // One more than asked tells whether the stream continues.
+            let mut events = self
+                .store
+                .read_stream(
+                    &stream,
+                    from,
+                    Direction::Forward,
+                    u32::try_from(limit + 1).unwrap_or(u32::MAX),
+                )
+                .await?;
+            let more = events.len() as i64 > limit;
+            events.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+            let next_from_version = match (more, events.last()) {
+                (true, Some(last)) => last.stream_version + 1,
+                _ => 0,
+            };
+            Ok(pb::ReadStreamResponse {
+                position,
+                events: events.iter().map(history_event).collect::<Result<_, _>>()?,
+                next_from_version,
+            })
+        })
+        .await
+    }
+
+    async fn get_state_as_of(
+        &self,
+        request: Request<pb::GetStateAsOfRequest>,
+    ) -> Result<Response<pb::GetStateAsOfResponse>, Status> {
+        observe("GetStateAsOf", async {
+            let principal = self.principal(request.metadata()).await?;
+            principal.require_history()?;
+            let req = request.get_ref();
+            let as_of = match &req.as_of {
+                Some(pb::get_state_as_of_request::AsOf::Version(v)) => AsOf::Version(*v),
+                Some(pb::get_state_as_of_request::AsOf::At(t)) => AsOf::At(
+                    convert::time("at", Some(t))?
+                        .ok_or_else(|| QueryError::invalid("at", "is required"))?,
+                ),
+                None => return Err(QueryError::invalid("as_of", "set version or at")),
+            };
+            let position = self.reader.reach(Model::Store, req.min_position).await?;
+            let (stream, stream_type) = self.own_stream(&principal.tenant, &req.stream_id).await?;
+            let (state, version, recorded_at) = match stream_type.as_str() {
+                Problem::STREAM_TYPE => {
+                    fold::<Problem>(self, &stream, as_of, |s| {
+                        s.as_ref().map_or(Value::Null, state::problem)
+                    })
+                    .await?
+                }
+                Task::STREAM_TYPE => {
+                    fold::<Task>(self, &stream, as_of, |s| {
+                        s.as_ref().map_or(Value::Null, state::task)
+                    })
+                    .await?
+                }
+                AgentSession::STREAM_TYPE => {
+                    fold::<AgentSession>(self, &stream, as_of, |s| {
+                        s.as_ref().map_or(Value::Null, state::agent_session)
+                    })
+                    .await?
+                }
+                GovernanceDecision::STREAM_TYPE => {
+                    fold::<GovernanceDecision>(self, &stream, as_of, |s| {
+                        serde_json::to_value(s).unwrap_or(Value::Null)
+                    })
+                    .await?
+                }
+                other => return Err(QueryError::Corrupt(format!("unknown stream type {other}"))),
+            };
+            Ok(pb::GetStateAsOfResponse {
+                position,
+                stream_type,
+                version,
+                recorded_at: recorded_at.map(ts),
+                state_json: state.to_string(),
+            })
+        })
+        .await
+    }
+
+    async fn verify_integrity(
+        &self,
+        request: Request<pb::VerifyIntegrityRequest>,
+    ) -> Result<Response<pb::VerifyIntegrityResponse>, Status> {
+        observe("VerifyIntegrity", async {
+            let principal = self.principal(request.metadata()).await?;
+            principal.require_history()?;
+            let req = request.get_ref();
+            let position = self.reader.reach(Model::Store, req.min_position).await?;
+            let report = match &req.scope {
+                Some(pb::verify_integrity_request::Scope::StreamId(raw)) => {
+                    let (stream, _) = self.own_stream(&principal.tenant, raw).await?;
+                    self.store.verify_stream(&stream).await?
+                }
+                Some(pb::verify_integrity_request::Scope::Range(range)) => {
+                    if range.from_position < 0 || range.to_position < 0 {
+                        return Err(QueryError::invalid(
+                            "range",
+                            "positions must not be negative",
+                        ));
+                    }
+                    let to = if range.to_position == 0 {
+                        i64::MAX
+                    } else {
+                        range.to_position
+                    };
+                    if to < range.from_position {
+                        return Err(QueryError::invalid(
+                            "range.to_position",
+                            "must not be below from_position",
+                        ));
+                    }
+                    self.store
+                        .verify_positions(
+                            Position(range.from_position),
+                            Position(to),
+                            Some(&principal.tenant),
+                        )
+                        .await?
+                }
+                None => return Err(QueryError::invalid("scope", "set stream_id or range")),
+            };
+            self.verify_response(position, report).await
+        })
+        .await
+    }
+}

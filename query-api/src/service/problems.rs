@@ -1,0 +1,382 @@
+//! `ProblemQueries`: problems, frames, issue trees with priorities, recommendations.
+
+use aggregates::problem::{ProblemStage, Urgency};
+use chrono::{DateTime, Utc};
+use schemas::v1 as pb;
+use schemas::v1::problem_queries_server::ProblemQueries;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use super::{QueryService, observe};
+use crate::convert::{self, s, spellings, ts, ts_opt};
+use crate::cursor::{Cursor, page_size, paginate, time_key};
+use crate::error::QueryError;
+use crate::reader::Model;
+
+/// Most tree nodes returned by `GetIssueTree`; a problem's tree is small by nature, the cap
+/// only bounds the response of a pathological one.
+const MAX_TREE_NODES: i64 = 5_000;
+
+#[derive(sqlx::FromRow)]
+struct ProblemRow {
+    problem_id: Uuid,
+    title: Option<String>,
+    raw_text: String,
+    submitter: String,
+    urgency: String,
+    metadata: String,
+    organization_id: Option<Uuid>,
+    stage: String,
+    stage_entered_at: DateTime<Utc>,
+    end_reason: Option<String>,
+    created_by: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    ended_at: Option<DateTime<Utc>>,
+    version: i64,
+    last_position: i64,
+}
+
+macro_rules! problem_columns {
+    () => {
+        "problem_id, title, raw_text, submitter, urgency, metadata::text AS metadata, \
+         organization_id, stage, stage_entered_at, end_reason, created_by, created_at, \
+         updated_at, ended_at, version, last_position"
+    };
+}
+
+impl From<ProblemRow> for pb::ProblemView {
+    fn from(r: ProblemRow) -> Self {
+        Self {
+            problem_id: r.problem_id.to_string(),
+            title: s(r.title),
+            raw_text: r.raw_text,
+            submitter: r.submitter,
+            urgency: r.urgency,
+            metadata_json: r.metadata,
+            organization_id: convert::id(r.organization_id),
+            stage: r.stage,
+            stage_entered_at: Some(ts(r.stage_entered_at)),
+            end_reason: s(r.end_reason),
+            created_by: r.created_by,
+            created_at: Some(ts(r.created_at)),
+            updated_at: Some(ts(r.updated_at)),
+            ended_at: ts_opt(r.ended_at),
+            version: convert::u64_of(r.version),
+            last_position: r.last_position,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct FrameRow {
+    goal: String,
+    scope: String,
+    kpis: String,
+    stakeholders: String,
+    assumptions: String,
+    constraints: String,
+    confidence: String,
+    clarifying_questions: String,
+    defined_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct NodeRow {
+    node_id: Uuid,
+    parent_id: Option<Uuid>,
+    level: i32,
+    title: String,
+    hypotheses: String,
+    required_data: String,
+    priority_hint: Option<String>,
+    notes: Option<String>,
+    created_at: DateTime<Utc>,
+    impact: Option<i16>,
+    feasibility: Option<i16>,
+    priority_score: Option<String>,
+    rationale: Option<String>,
+    estimated_hours: Option<i32>,
+    estimated_cost: Option<String>,
+    confidence: Option<String>,
+    is_recommended: Option<bool>,
+    prioritized_at: Option<DateTime<Utc>>,
+}
+
+impl From<NodeRow> for pb::TreeNodeView {
+    fn from(r: NodeRow) -> Self {
+        let priority = match (r.impact, r.feasibility, r.prioritized_at) {
+            (Some(impact), Some(feasibility), Some(at)) => Some(pb::NodePriorityView {
+                impact: convert::u32_of(i64::from(impact)),
+                feasibility: convert::u32_of(i64::from(feasibility)),
+                priority_score: s(r.priority_score),
+                rationale: s(r.rationale),
+                estimated_hours: r.estimated_hours,
+                estimated_cost: s(r.estimated_cost),
+                confidence: s(r.confidence),
+                is_recommended: r.is_recommended.unwrap_or(false),
+                prioritized_at: Some(ts(at)),
+            }),
+            _ => None,
+        };
+        Self {
+            node_id: r.node_id.to_string(),
+            parent_id: convert::id(r.parent_id),
+            level: convert::u32_of(i64::from(r.level)),
+            title: r.title,
+            hypotheses_json: r.hypotheses,
+            required_data_json: r.required_data,
+            priority_hint: s(r.priority_hint),
+            notes: s(r.notes),
+            created_at: Some(ts(r.created_at)),
+            priority,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct RecommendationRow {
+    recommendation_id: Uuid,
+    problem_id: Uuid,
+    title: String,
+    summary: String,
+    evidence: String,
+    actions: String,
+    expected_impact: Option<String>,
+    risks: String,
+    confidence: Option<String>,
+    priority: i16,
+    created_at: DateTime<Utc>,
+}
+
+impl From<RecommendationRow> for pb::RecommendationView {
+    fn from(r: RecommendationRow) -> Self {
+        Self {
+            recommendation_id: r.recommendation_id.to_string(),
+            problem_id: r.problem_id.to_string(),
+            title: r.title,
+            summary: r.summary,
+            evidence_json: r.evidence,
+            actions_json: r.actions,
+            expected_impact_json: s(r.expected_impact),
+            risks_json: r.risks,
+            confidence: s(r.confidence),
+            priority: convert::u32_of(i64::from(r.priority)),
+            created_at: Some(ts(r.created_at)),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl ProblemQueries for QueryService {
+    async fn get_problem(
+        &self,
+        request: Request<pb::GetProblemRequest>,
+    ) -> Result<Response<pb::GetProblemResponse>, Status> {
+        observe("GetProblem", async {
+            let principal = self.principal(request.metadata()).await?;
+            let req = request.get_ref();
+            let id = convert::uuid("problem_id", &req.problem_id)?;
+            let position = self.reader.reach(Model::Problems, req.min_position).await?;
+            let mut tx = self.reader.begin(&principal.tenant).await?;
+            const SQL: &str = concat!(
+                "SELECT ",
+                problem_columns!(),
+                " FROM problems WHERE tenant_id = $1 AND problem_id = $2"
+            );
+            let problem: ProblemRow = sqlx::query_as(SQL)
+                .bind(&principal.tenant)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| QueryError::NotFound(format!("problem {id}")))?;
+            let frame: Option<FrameRow> = sqlx::query_as(
+                "SELECT goal, scope::text AS scope, kpis::text AS kpis, \
+                        stakeholders::text AS stakeholders, assumptions::text AS assumptions, \
+                        constraints::text AS constraints, confidence, \
+                        clarifying_questions::text AS clarifying_questions, defined_at \
+                   FROM problem_frames WHERE tenant_id = $1 AND problem_id = $2",
+            )
+            .bind(&principal.tenant)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(pb::GetProblemResponse {
+                position,
+                problem: Some(problem.into()),
+                frame: frame.map(|f| pb::ProblemFrameView {
+                    goal: f.goal,
+                    scope_json: f.scope,
+                    kpis_json: f.kpis,
+                    stakeholders_json: f.stakeholders,
+                    assumptions_json: f.assumptions,
+                    constraints_json: f.constraints,
+                    confidence: f.confidence,
+                    clarifying_questions_json: f.clarifying_questions,
+                    defined_at: Some(ts(f.defined_at)),
+                }),
+            })
+        })
+        .await
+    }
+
+    async fn list_problems(
+        &self,
+        request: Request<pb::ListProblemsRequest>,
+    ) -> Result<Response<pb::ListProblemsResponse>, Status> {
+        const RPC: &str = "ListProblems";
+        observe(RPC, async {
+            let principal = self.principal(request.metadata()).await?;
+            let req = request.get_ref();
+            let limit = page_size(req.page_size)?;
+            let cursor = Cursor::decode(&req.page_token, RPC, 2)?;
+            let after = match &cursor {
+                Some(c) => Some((c.time(0)?, c.uuid(1)?)),
+                None => None,
+            };
+            let stage = convert::vocab("stage", &req.stage, &spellings!(ProblemStage))?;
+            let urgency = convert::vocab("urgency", &req.urgency, &spellings!(Urgency))?;
+            let submitter = convert::filter("submitter", &req.submitter)?;
+            let from = convert::time("created_from", req.created_from.as_ref())?;
+            let to = convert::time("created_to", req.created_to.as_ref())?;
+            let position = self.reader.reach(Model::Problems, req.min_position).await?;
+            let mut tx = self.reader.begin(&principal.tenant).await?;
+            const SQL: &str = concat!(
+                "SELECT ",
+                problem_columns!(),
+                " FROM problems \
+                  WHERE tenant_id = $1 \
+                    AND ($2::text IS NULL OR stage = $2) \
+                    AND ($3::text IS NULL OR urgency = $3) \
+                    AND ($4::text IS NULL OR submitter = $4) \
+                    AND ($5::timestamptz IS NULL OR created_at >= $5) \
+                    AND ($6::timestamptz IS NULL OR created_at < $6) \
+                    AND ($7::timestamptz IS NULL OR (created_at, problem_id) < ($7, $8)) \
+                  ORDER BY created_at DESC, problem_id DESC LIMIT $9"
+            );
+            let rows: Vec<ProblemRow> = sqlx::query_as(SQL)
+                .bind(&principal.tenant)
+                .bind(stage)
+                .bind(urgency)
+                .bind(submitter)
+                .bind(from)
+                .bind(to)
+                .bind(after.map(|a| a.0))
+                .bind(after.map(|a| a.1))
+                .bind(limit + 1)
+                .fetch_all(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            let (rows, next_page_token) = paginate(rows, limit, RPC, |r| {
+                vec![time_key(&r.created_at), r.problem_id.to_string()]
+            });
+            Ok(pb::ListProblemsResponse {
+                position,
+                next_page_token,
+                problems: rows.into_iter().map(Into::into).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn get_issue_tree(
+        &self,
+        request: Request<pb::GetIssueTreeRequest>,
+    ) -> Result<Response<pb::GetIssueTreeResponse>, Status> {
+        observe("GetIssueTree", async {
+            let principal = self.principal(request.metadata()).await?;
+            let req = request.get_ref();
+            let id = convert::uuid("problem_id", &req.problem_id)?;
+            let position = self.reader.reach(Model::Problems, req.min_position).await?;
+            let mut tx = self.reader.begin(&principal.tenant).await?;
+            let exists: Option<i32> = sqlx::query_scalar(
+                "SELECT 1 FROM problems WHERE tenant_id = $1 AND problem_id = $2",
+            )
+            .bind(&principal.tenant)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if exists.is_none() {
+                return Err(QueryError::NotFound(format!("problem {id}")));
+            }
+            // Nodes and their priorities in one statement (a join, not one query per node).
+            let rows: Vec<NodeRow> = sqlx::query_as(
+                "SELECT n.node_id, n.parent_id, n.level, n.title, \
+                        n.hypotheses::text AS hypotheses, n.required_data::text AS required_data, \
+                        n.priority_hint, n.notes, n.created_at, \
+                        p.impact, p.feasibility, p.priority_score::text AS priority_score, \
+                        p.rationale, p.estimated_hours, p.estimated_cost::text AS estimated_cost, \
+                        p.confidence::text AS confidence, p.is_recommended, p.prioritized_at \
+                   FROM problem_tree_nodes n \
+                   LEFT JOIN problem_node_priorities p \
+                          ON p.node_id = n.node_id AND p.tenant_id = n.tenant_id \
+                  WHERE n.tenant_id = $1 AND n.problem_id = $2 \
+                  ORDER BY n.level, n.created_at, n.node_id LIMIT $3",
+            )
+            .bind(&principal.tenant)
+            .bind(id)
+            .bind(MAX_TREE_NODES)
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(pb::GetIssueTreeResponse {
+                position,
+                nodes: rows.into_iter().map(Into::into).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn list_recommendations(
+        &self,
+        request: Request<pb::ListRecommendationsRequest>,
+    ) -> Result<Response<pb::ListRecommendationsResponse>, Status> {
+        const RPC: &str = "ListRecommendations";
+        observe(RPC, async {
+            let principal = self.principal(request.metadata()).await?;
+            let req = request.get_ref();
+            let id = convert::uuid("problem_id", &req.problem_id)?;
+            let limit = page_size(req.page_size)?;
+            let cursor = Cursor::decode(&req.page_token, RPC, 3)?;
+            let after = match &cursor {
+                Some(c) => Some((c.int(0)?, c.time(1)?, c.uuid(2)?)),
+                None => None,
+            };
+            let position = self.reader.reach(Model::Problems, req.min_position).await?;
+            let mut tx = self.reader.begin(&principal.tenant).await?;
+            let rows: Vec<RecommendationRow> = sqlx::query_as(
+                "SELECT recommendation_id, problem_id, title, summary, evidence::text AS evidence, \
+                        actions::text AS actions, expected_impact::text AS expected_impact, \
+                        risks::text AS risks, confidence::text AS confidence, priority, created_at \
+                   FROM problem_recommendations \
+                  WHERE tenant_id = $1 AND problem_id = $2 \
+                    AND ($3::smallint IS NULL \
+                         OR (priority, created_at, recommendation_id) > ($3, $4, $5)) \
+                  ORDER BY priority, created_at, recommendation_id LIMIT $6",
+            )
+            .bind(&principal.tenant)
+            .bind(id)
+            .bind(after.map(|a| i16::try_from(a.0).unwrap_or(i16::MAX)))
+            .bind(after.map(|a| a.1))
+            .bind(after.map(|a| a.2))
+            .bind(limit + 1)
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            let (rows, next_page_token) = paginate(rows, limit, RPC, |r| {
+                vec![
+                    r.priority.to_string(),
+                    time_key(&r.created_at),
+                    r.recommendation_id.to_string(),
+                ]
+            });
+            Ok(pb::ListRecommendationsResponse {
+                position,
+                next_page_token,
+                recommendations: rows.into_iter().map(Into::into).collect(),
+            })
+        })
+        .await
+    }
+}

@@ -1,0 +1,279 @@
+//! `TaskQueries`: tasks (overdue derived at read time) and reminders.
+
+use aggregates::task::TaskStatus;
+use chrono::{DateTime, Utc};
+use schemas::v1 as pb;
+use schemas::v1::task_queries_server::TaskQueries;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use super::{QueryService, observe};
+use crate::convert::{self, s, spellings, ts, ts_opt};
+use crate::cursor::{Cursor, page_size, paginate, time_key};
+use crate::error::QueryError;
+use crate::reader::Model;
+
+/// Most reminders returned with one task (a task keeps every reminder ever scheduled).
+const MAX_TASK_REMINDERS: i64 = 500;
+
+#[derive(sqlx::FromRow)]
+struct TaskRow {
+    task_id: Uuid,
+    owner: String,
+    title: String,
+    description: Option<String>,
+    due_date: Option<DateTime<Utc>>,
+    priority: Option<String>,
+    tags: Vec<String>,
+    reminder_config: Option<String>,
+    recurrence: Option<String>,
+    parent_task_id: Option<Uuid>,
+    occurrence: i32,
+    status: String,
+    overdue: bool,
+    created_by: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    completed_at: Option<DateTime<Utc>>,
+    deleted_at: Option<DateTime<Utc>>,
+    version: i64,
+    last_position: i64,
+}
+
+// Overdue is time-dependent, so it is computed by the statement (like the `overdue_tasks` view).
+macro_rules! task_columns {
+    () => {
+        "task_id, owner, title, description, due_date, priority, tags, \
+         reminder_config::text AS reminder_config, recurrence::text AS recurrence, \
+         parent_task_id, occurrence, status, \
+         (status = 'active' AND due_date IS NOT NULL AND due_date < now()) AS overdue, \
+         created_by, created_at, updated_at, completed_at, deleted_at, version, last_position"
+    };
+}
+
+impl From<TaskRow> for pb::TaskView {
+    fn from(r: TaskRow) -> Self {
+        Self {
+            task_id: r.task_id.to_string(),
+            owner: r.owner,
+            title: r.title,
+            description: s(r.description),
+            due_date: ts_opt(r.due_date),
+            priority: s(r.priority),
+            tags: r.tags,
+            reminder_config_json: s(r.reminder_config),
+            recurrence_json: s(r.recurrence),
+            parent_task_id: convert::id(r.parent_task_id),
+            occurrence: convert::u32_of(i64::from(r.occurrence)),
+            status: r.status,
+            overdue: r.overdue,
+            created_by: r.created_by,
+            created_at: Some(ts(r.created_at)),
+            updated_at: Some(ts(r.updated_at)),
+            completed_at: ts_opt(r.completed_at),
+            deleted_at: ts_opt(r.deleted_at),
+            version: convert::u64_of(r.version),
+            last_position: r.last_position,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct ReminderRow {
+    reminder_id: Uuid,
+    task_id: Uuid,
+    owner: String,
+    trigger_time: DateTime<Utc>,
+    delivery_method: String,
+    destination: String,
+    status: String,
+    is_current: bool,
+    retry_count: i16,
+    last_error: Option<String>,
+    sent_at: Option<DateTime<Utc>>,
+    scheduled_at: DateTime<Utc>,
+}
+
+macro_rules! reminder_columns {
+    () => {
+        "reminder_id, task_id, owner, trigger_time, delivery_method, destination, status, \
+         is_current, retry_count, last_error, sent_at, scheduled_at"
+    };
+}
+
+impl From<ReminderRow> for pb::ReminderView {
+    fn from(r: ReminderRow) -> Self {
+        Self {
+            reminder_id: r.reminder_id.to_string(),
+            task_id: r.task_id.to_string(),
+            owner: r.owner,
+            trigger_time: Some(ts(r.trigger_time)),
+            delivery_method: r.delivery_method,
+            destination: r.destination,
+            status: r.status,
+            is_current: r.is_current,
+            retry_count: convert::u32_of(i64::from(r.retry_count)),
+            last_error: s(r.last_error),
+            sent_at: ts_opt(r.sent_at),
+            scheduled_at: Some(ts(r.scheduled_at)),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl TaskQueries for QueryService {
+    async fn get_task(
+        &self,
+        request: Request<pb::GetTaskRequest>,
+    ) -> Result<Response<pb::GetTaskResponse>, Status> {
+        observe("GetTask", async {
+            let principal = self.principal(request.metadata()).await?;
+            let req = request.get_ref();
+            let id = convert::uuid("task_id", &req.task_id)?;
+            let position = self.reader.reach(Model::Tasks, req.min_position).await?;
+            let mut tx = self.reader.begin(&principal.tenant).await?;
+            const TASK: &str = concat!(
+                "SELECT ",
+                task_columns!(),
+                " FROM tasks WHERE tenant_id = $1 AND task_id = $2"
+            );
+            let task: TaskRow = sqlx::query_as(TASK)
+                .bind(&principal.tenant)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| QueryError::NotFound(format!("task {id}")))?;
+            const REMINDERS: &str = concat!(
+                "SELECT ",
+                reminder_columns!(),
+                " FROM task_reminders WHERE tenant_id = $1 AND task_id = $2 \
+                  ORDER BY scheduled_at DESC, reminder_id DESC LIMIT $3"
+            );
+            let reminders: Vec<ReminderRow> = sqlx::query_as(REMINDERS)
+                .bind(&principal.tenant)
+                .bind(id)
+                .bind(MAX_TASK_REMINDERS)
+                .fetch_all(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(pb::GetTaskResponse {
+                position,
+                task: Some(task.into()),
+                reminders: reminders.into_iter().map(Into::into).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn list_tasks(
+        &self,
+        request: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        const RPC: &str = "ListTasks";
+        observe(RPC, async {
+            let principal = self.principal(request.metadata()).await?;
+            let req = request.get_ref();
+            let limit = page_size(req.page_size)?;
+            let cursor = Cursor::decode(&req.page_token, RPC, 2)?;
+            let after = match &cursor {
+                Some(c) => Some((c.time(0)?, c.uuid(1)?)),
+                None => None,
+            };
+            let owner = convert::filter("owner", &req.owner)?;
+            let status = convert::vocab("status", &req.status, &spellings!(TaskStatus))?;
+            let tag = convert::filter("tag", &req.tag)?;
+            let from = convert::time("due_from", req.due_from.as_ref())?;
+            let to = convert::time("due_to", req.due_to.as_ref())?;
+            let position = self.reader.reach(Model::Tasks, req.min_position).await?;
+            let mut tx = self.reader.begin(&principal.tenant).await?;
+            const SQL: &str = concat!(
+                "SELECT ",
+                task_columns!(),
+                " FROM tasks \
+                  WHERE tenant_id = $1 \
+                    AND ($2::text IS NULL OR owner = $2) \
+                    AND ($3::text IS NULL OR status = $3) \
+                    AND ($4::text IS NULL OR tags @> ARRAY[$4::text]) \
+                    AND ($5::timestamptz IS NULL OR due_date >= $5) \
+                    AND ($6::timestamptz IS NULL OR due_date < $6) \
+                    AND (NOT $7 OR (status = 'active' AND due_date < now())) \
+                    AND ($8::timestamptz IS NULL OR (created_at, task_id) < ($8, $9)) \
+                  ORDER BY created_at DESC, task_id DESC LIMIT $10"
+            );
+            let rows: Vec<TaskRow> = sqlx::query_as(SQL)
+                .bind(&principal.tenant)
+                .bind(owner)
+                .bind(status)
+                .bind(tag)
+                .bind(from)
+                .bind(to)
+                .bind(req.overdue_only)
+                .bind(after.map(|a| a.0))
+                .bind(after.map(|a| a.1))
+                .bind(limit + 1)
+                .fetch_all(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            let (rows, next_page_token) = paginate(rows, limit, RPC, |r| {
+                vec![time_key(&r.created_at), r.task_id.to_string()]
+            });
+            Ok(pb::ListTasksResponse {
+                position,
+                next_page_token,
+                tasks: rows.into_iter().map(Into::into).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn list_due_reminders(
+        &self,
+        request: Request<pb::ListDueRemindersRequest>,
+    ) -> Result<Response<pb::ListDueRemindersResponse>, Status> {
+        const RPC: &str = "ListDueReminders";
+        observe(RPC, async {
+            let principal = self.principal(request.metadata()).await?;
+            let req = request.get_ref();
+            let limit = page_size(req.page_size)?;
+            let cursor = Cursor::decode(&req.page_token, RPC, 2)?;
+            let after = match &cursor {
+                Some(c) => Some((c.time(0)?, c.uuid(1)?)),
+                None => None,
+            };
+            let due_before =
+                convert::time("due_before", req.due_before.as_ref())?.unwrap_or_else(Utc::now);
+            let owner = convert::filter("owner", &req.owner)?;
+            let position = self.reader.reach(Model::Tasks, req.min_position).await?;
+            let mut tx = self.reader.begin(&principal.tenant).await?;
+            const SQL: &str = concat!(
+                "SELECT ",
+                reminder_columns!(),
+                " FROM task_reminders \
+                  WHERE tenant_id = $1 AND status = 'pending' AND is_current \
+                    AND trigger_time <= $2 \
+                    AND ($3::text IS NULL OR owner = $3) \
+                    AND ($4::timestamptz IS NULL OR (trigger_time, reminder_id) > ($4, $5)) \
+                  ORDER BY trigger_time, reminder_id LIMIT $6"
+            );
+            let rows: Vec<ReminderRow> = sqlx::query_as(SQL)
+                .bind(&principal.tenant)
+                .bind(due_before)
+                .bind(owner)
+                .bind(after.map(|a| a.0))
+                .bind(after.map(|a| a.1))
+                .bind(limit + 1)
+                .fetch_all(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            let (rows, next_page_token) = paginate(rows, limit, RPC, |r| {
+                vec![time_key(&r.trigger_time), r.reminder_id.to_string()]
+            });
+            Ok(pb::ListDueRemindersResponse {
+                position,
+                next_page_token,
+                reminders: rows.into_iter().map(Into::into).collect(),
+            })
+        })
+        .await
+    }
+}
