@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The main job: starts what it needs (Postgres) and runs the end-to-end demos:
-# the event store on its own, then real gRPC commands through the command API.
+# the event store on its own, then real gRPC commands through the command API, then (last)
+# the projections run in-process and the query API answers over gRPC (min_position, as-of).
 # ANNALS_KAFKA=1 also publishes everything to Kafka (tansu, started here) and counts the messages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATABASE_URL="$(deploy/local/postgres.sh)"
 export DATABASE_URL
-cargo build --quiet -p event-store --example demo -p command-api --example demo
+cargo build --quiet -p event-store --example demo -p command-api --example demo \
+  -p query-api --example demo
 cargo run --quiet -p event-store --example demo -- "$@"
 echo
 cargo run --quiet -p command-api --example demo
@@ -16,3 +18,5 @@ if [ "${ANNALS_KAFKA:-0}" = "1" ]; then
   echo
   cargo run --quiet -p event-store --example relay_demo
 fi
+echo
+cargo run --quiet -p query-api --example demo
