@@ -303,7 +303,9 @@ impl Relay {
             .await?;
 
         let start = load_checkpoint(&mut *lock, &checkpoint_name).await?;
-        self.stats.checkpoint.store(u64::try_from(start.0).unwrap_or(0), Ordering::Relaxed);
+        self.stats
+            .checkpoint
+            .store(u64::try_from(start.0).unwrap_or(0), Ordering::Relaxed);
         let options = SubscriptionOptions {
             batch_size: self.config.batch_size,
             ..SubscriptionOptions::default()
