@@ -45,7 +45,7 @@ struct Args {
     #[arg(
         long,
         env = "ANNALS_RELAY_METRICS_ADDR",
-        default_value = "127.0.0.1:9465"
+        default_value = "127.0.0.1:9467"
     )]
     metrics_addr: SocketAddr,
     /// Fault injection for crash drills: exit after handing this many messages to the producer.
