@@ -1,0 +1,41 @@
+//! `annals-bench`: the benchmark harness of annals (issue 8).
+//!
+//! Numbers on shared machines drift, so every comparison is taken in one run, side by side, on
+//! the same Postgres server, and reported as a ratio to a floor measured minutes apart:
+//!
+//! 1. **Append**, one event per command at concurrency 1, 8 and 64, and **batch append**, 100
+//!    events per command at concurrency 1 and 8: the annals event store (`EventStore::append`),
+//!    the same store with `pg_notify` removed from `annals_append`, a raw `INSERT` (`UNNEST` for
+//!    batches) into a table shaped like `events` (the floor), `cqrs-es` + `postgres-es`, and
+//!    `esrs`. A fresh database per run; stores are interleaved per concurrency level.
+//! 2. **Rebuild** of every projection from stored events (`projections::rebuild`) against a
+//!    raw batched read + set-based upsert floor.
+//! 3. **End to end**: gRPC `CreateTask` against the `annals-command-api` binary (child process
+//!    on 127.0.0.1), rate and latency, and the server's peak RSS.
+//! 4. **Kafka**: the outbox relay against a plain idempotent rdkafka producer on tansu.
+//!
+//! Every run has a fixed number of operations after a warm-up (bounded loops, loopback only);
+//! latencies go into HDR histograms. `--quick` (default) finishes in minutes on 2 cores;
+//! `--full` runs 4× the operations. Results: `<out>/results.json` and `<out>/results.md`, and
+//! the table on stdout. `deploy/bench.sh` starts the services, builds and runs it.
+//!
+//! # Layout
+//!
+//! - `src/main.rs`: the binary: command line, suite order, machine facts, writing the results.
+//! - [`stats`]: HDR latency histograms, [`stats::Measurement`], ratios and formatting (tested).
+//! - [`load`]: the fixed-operation, fixed-concurrency load generator (tested).
+//! - [`db`]: fresh databases per run on one server.
+//! - [`stores`]: the append contenders behind one `append(op, events)`.
+//! - [`rebuild`]: seeding with the real task aggregate, rebuild and its floor.
+//! - [`e2e`]: the command API as a child process, gRPC load, peak RSS.
+//! - [`kafka`]: relay against plain producer.
+//! - [`report`]: the JSON report, the targets and the markdown table.
+
+pub mod db;
+pub mod e2e;
+pub mod kafka;
+pub mod load;
+pub mod rebuild;
+pub mod report;
+pub mod stats;
+pub mod stores;

@@ -1,0 +1,288 @@
+//! The `annals-bench` binary; see the library docs (`src/lib.rs`) for what it measures.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use event_store::EventStore;
+
+use annals_bench::load::{self, Plan};
+use annals_bench::report::{AppendRow, Machine, Report};
+use annals_bench::stats::{self, ratio};
+use annals_bench::stores::{StoreKind, Target};
+use annals_bench::{db, e2e, kafka, rebuild};
+
+/// Benchmarks annals against raw Postgres floors and peer event stores, side by side.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Postgres server to run on (the role needs CREATEDB; databases `annals_bench_*` are
+    /// dropped and recreated).
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    /// Kafka bootstrap servers for the relay suite (skipped when unset).
+    #[arg(long, env = "KAFKA_BOOTSTRAP")]
+    kafka_bootstrap: Option<String>,
+    /// The `annals-command-api` binary (default: next to this executable).
+    #[arg(long)]
+    command_api_bin: Option<PathBuf>,
+    /// Run the full profile (4× the operations of the quick one).
+    #[arg(long, conflicts_with = "quick")]
+    full: bool,
+    /// Run the quick profile (the default).
+    #[arg(long)]
+    quick: bool,
+    /// Run a tiny profile (1/20 of quick) that only checks that every suite works.
+    #[arg(long, conflicts_with_all = ["quick", "full"])]
+    smoke: bool,
+    /// Suites to run, comma-separated: append, batch, rebuild, e2e, kafka.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "append,batch,rebuild,e2e,kafka"
+    )]
+    suites: Vec<String>,
+    /// Directory of results.json and results.md.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+}
+
+/// Operation counts of a profile.
+#[derive(Debug, Clone, Copy)]
+struct Profile {
+    name: &'static str,
+    scale: f64,
+}
+
+impl Profile {
+    fn scaled(self, base: u64) -> u64 {
+        ((base as f64 * self.scale).round() as u64).max(10)
+    }
+    fn single_ops(self, concurrency: usize) -> u64 {
+        self.scaled(match concurrency {
+            1 => 1_500,
+            8 => 6_000,
+            _ => 12_000,
+        })
+    }
+    fn batch_ops(self, concurrency: usize) -> u64 {
+        self.scaled(if concurrency == 1 { 150 } else { 400 })
+    }
+    fn rebuild_events(self) -> u64 {
+        self.scaled(100_000)
+    }
+    fn e2e_ops(self, concurrency: usize) -> u64 {
+        self.scaled(if concurrency <= 8 { 4_000 } else { 8_000 })
+    }
+    fn kafka_events(self) -> u64 {
+        self.scaled(50_000)
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,sqlx=error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let profile = match (cli.full, cli.smoke) {
+        (true, _) => Profile {
+            name: "full",
+            scale: 4.0,
+        },
+        (_, true) => Profile {
+            name: "smoke",
+            scale: 0.05,
+        },
+        _ => Profile {
+            name: "quick",
+            scale: 1.0,
+        },
+    };
+    let wants = |s: &str| cli.suites.iter().any(|x| x == s);
+    let server = db::Server::new(&cli.database_url, "annals_bench")?;
+    let mut report = Report {
+        profile: profile.name.into(),
+        started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        git_commit: git_commit(),
+        machine: machine(&server).await?,
+        append: Vec::new(),
+        rebuild: None,
+        e2e: None,
+        kafka: None,
+        not_done: Vec::new(),
+        targets: Vec::new(),
+        harness_peak_rss_mib: None,
+    };
+
+    for (workload, events, levels) in [
+        ("single", 1usize, vec![1usize, 8, 64]),
+        ("batch", 100, vec![1, 8]),
+    ] {
+        if !wants(if workload == "single" {
+            "append"
+        } else {
+            "batch"
+        }) {
+            continue;
+        }
+        for &c in &levels {
+            let ops = if events == 1 {
+                profile.single_ops(c)
+            } else {
+                profile.batch_ops(c)
+            };
+            let mut floor = None;
+            for kind in StoreKind::ALL {
+                eprintln!(
+                    "== {workload} append, concurrency {c}, {}: {ops} commands",
+                    kind.name()
+                );
+                let name = format!("{}_{}_c{c}", kind.id(), workload);
+                let options = server.fresh(&name).await?;
+                let target = Arc::new(Target::setup(kind, &options, c as u32 + 2).await?);
+                let plan = Plan {
+                    concurrency: c,
+                    warmup: (ops / 10).max(20),
+                    ops,
+                    events_per_op: events as u64,
+                };
+                let t = Arc::clone(&target);
+                let m = load::run(plan, move |i| {
+                    let t = Arc::clone(&t);
+                    async move { t.append(i, events).await }
+                })
+                .await
+                .with_context(|| format!("{workload} append on {} at c{c}", kind.name()))?;
+                if kind == StoreKind::Raw {
+                    floor = Some(m.events_per_sec);
+                }
+                let vs_raw = floor.and_then(|f| ratio(m.events_per_sec, f));
+                eprintln!(
+                    "   {:.0} events/s, p50 {:?} ms, p99 {:?} ms, {} raw",
+                    m.events_per_sec,
+                    m.p50_ms,
+                    m.p99_ms,
+                    stats::fmt_ratio(vs_raw)
+                );
+                report.append.push(AppendRow {
+                    workload: workload.into(),
+                    concurrency: c,
+                    store: kind,
+                    store_name: kind.name().into(),
+                    measurement: m,
+                    vs_raw,
+                });
+                drop(target);
+                server.drop_db(&name).await;
+            }
+        }
+    }
+
+    if wants("rebuild") {
+        let n = profile.rebuild_events();
+        eprintln!("== rebuild: seeding {n} events");
+        let options = server.fresh("rebuild").await?;
+        let pool = db::pool(&options, 4).await?;
+        event_store::migrate(&pool).await?;
+        let store = EventStore::new(pool);
+        let stored = rebuild::seed(&store, n).await?;
+        eprintln!("== rebuild: all projections, then the raw floor");
+        let r = rebuild::run(&store, stored).await?;
+        eprintln!(
+            "   annals {:.0} events/s, floor {:.0} events/s",
+            r.annals.events_per_sec, r.raw_floor.events_per_sec
+        );
+        report.rebuild = Some(r);
+        store.pool().close().await;
+        server.drop_db("rebuild").await;
+    }
+
+    if wants("e2e") {
+        match cli.command_api_bin.clone().or_else(e2e::default_binary) {
+            Some(bin) => {
+                eprintln!("== end to end: {} on 127.0.0.1", bin.display());
+                let options = server.fresh("e2e").await?;
+                let levels = [(8, profile.e2e_ops(8)), (64, profile.e2e_ops(64))];
+                let r = e2e::run(&bin, &options, &levels).await?;
+                report.e2e = Some(r);
+                server.drop_db("e2e").await;
+            }
+            None => report.not_done.push(
+                "end to end: no annals-command-api binary (build it, or pass --command-api-bin)"
+                    .into(),
+            ),
+        }
+        report.not_done.push(
+            "append-to-visible lag, query get/list p99 and the 1,000,000-row audit export \
+             (streaming, RSS growth): the query API has not landed in git yet"
+                .into(),
+        );
+    }
+
+    if wants("kafka") {
+        match &cli.kafka_bootstrap {
+            Some(bootstrap) => {
+                let n = profile.kafka_events();
+                eprintln!("== kafka: {n} events via the relay, then a plain producer");
+                let options = server.fresh("kafka").await?;
+                let pool = db::pool(&options, 4).await?;
+                event_store::migrate(&pool).await?;
+                let store = EventStore::new(pool);
+                let stored = rebuild::seed(&store, n).await?;
+                let k = kafka::run(&store, bootstrap, stored).await?;
+                report.kafka = Some(k);
+                store.pool().close().await;
+                server.drop_db("kafka").await;
+            }
+            None => report
+                .not_done
+                .push("Kafka relay: KAFKA_BOOTSTRAP not set".into()),
+        }
+    }
+
+    report.harness_peak_rss_mib = e2e::peak_rss_mib(std::process::id());
+    report.evaluate();
+    let md = report.markdown();
+    std::fs::create_dir_all(&cli.out).with_context(|| format!("creating {}", cli.out.display()))?;
+    let json = cli.out.join("results.json");
+    std::fs::write(&json, serde_json::to_vec_pretty(&report)?)?;
+    std::fs::write(cli.out.join("results.md"), &md)?;
+    println!("{md}");
+    eprintln!("wrote {} and results.md", json.display());
+    Ok(())
+}
+
+fn git_commit() -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+async fn machine(server: &db::Server) -> anyhow::Result<Machine> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kib: f64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    Ok(Machine {
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        memory_gib: kib / 1024.0 / 1024.0,
+        postgres: server.version().await?,
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+    })
+}

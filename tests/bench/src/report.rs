@@ -1,0 +1,315 @@
+//! The results file (JSON) and the table (markdown, also printed).
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::e2e::E2eResult;
+use crate::kafka::KafkaResult;
+use crate::rebuild::RebuildResult;
+use crate::stats::{Measurement, fmt_ms, fmt_rate, fmt_ratio, ratio};
+use crate::stores::StoreKind;
+
+/// Where and how the numbers were taken.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    /// `nproc`.
+    pub cpus: usize,
+    /// Total memory in GiB (`/proc/meminfo`).
+    pub memory_gib: f64,
+    /// Postgres `server_version`.
+    pub postgres: String,
+    /// Kernel release.
+    pub kernel: String,
+}
+
+/// One append run.
+#[derive(Debug, Clone, Serialize)]
+pub struct AppendRow {
+    /// `single` (1 event per command) or `batch` (100 events per command).
+    pub workload: String,
+    /// Concurrent writers.
+    pub concurrency: usize,
+    /// Store measured.
+    pub store: StoreKind,
+    /// Display name of the store.
+    pub store_name: String,
+    /// The numbers.
+    pub measurement: Measurement,
+    /// events/s relative to the raw floor of the same workload and concurrency.
+    pub vs_raw: Option<f64>,
+}
+
+/// A target of issue 8 and whether this run met it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    /// What is compared.
+    pub name: String,
+    /// The goal, as text.
+    pub goal: String,
+    /// The measured value, as text.
+    pub measured: String,
+    /// Met, missed, or not measured (`None`).
+    pub met: Option<bool>,
+}
+
+/// Everything one run produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// `quick` or `full`.
+    pub profile: String,
+    /// RFC 3339 start time.
+    pub started_at: String,
+    /// `git rev-parse HEAD` when available.
+    pub git_commit: Option<String>,
+    /// The machine.
+    pub machine: Machine,
+    /// Append suites (single and batch).
+    pub append: Vec<AppendRow>,
+    /// Rebuild suite.
+    pub rebuild: Option<RebuildResult>,
+    /// End-to-end suite.
+    pub e2e: Option<E2eResult>,
+    /// Kafka suite.
+    pub kafka: Option<KafkaResult>,
+    /// Parts not measured, with the reason.
+    pub not_done: Vec<String>,
+    /// Targets and whether they were met.
+    pub targets: Vec<Target>,
+    /// Peak RSS of the benchmark process itself, MiB.
+    pub harness_peak_rss_mib: Option<f64>,
+}
+
+impl Report {
+    /// Fills [`Report::targets`] from the measurements.
+    pub fn evaluate(&mut self) {
+        let mut t = Vec::new();
+        let find = |w: &str, c: usize, s: StoreKind| {
+            self.append
+                .iter()
+                .find(|r| r.workload == w && r.concurrency == c && r.store == s)
+        };
+        for c in [8, 64] {
+            let r = find("single", c, StoreKind::Annals).and_then(|r| r.vs_raw);
+            t.push(target(
+                format!("append, concurrency {c}: annals / raw insert"),
+                "≥ 0.80×",
+                r,
+                |r| r >= 0.8,
+            ));
+        }
+        for c in [1, 8] {
+            let r = find("batch", c, StoreKind::Annals).and_then(|r| r.vs_raw);
+            t.push(target(
+                format!("batch append, concurrency {c}: annals / raw UNNEST"),
+                "≥ 0.30×",
+                r,
+                |r| r >= 0.3,
+            ));
+        }
+        let mut worst: Option<(f64, String)> = None;
+        for row in self.append.iter().filter(|r| r.store == StoreKind::Annals) {
+            for peer in [StoreKind::PostgresEs, StoreKind::Esrs] {
+                if let Some(p) = find(&row.workload, row.concurrency, peer)
+                    && let Some(r) =
+                        ratio(row.measurement.events_per_sec, p.measurement.events_per_sec)
+                    && worst.as_ref().is_none_or(|(w, _)| r < *w)
+                {
+                    worst = Some((
+                        r,
+                        format!("{} c{} vs {}", row.workload, row.concurrency, peer.name()),
+                    ));
+                }
+            }
+        }
+        t.push(Target {
+            name: "ahead of both peers in every append row".into(),
+            goal: "annals / peer > 1× everywhere".into(),
+            measured: worst.as_ref().map_or("not measured".into(), |(r, at)| {
+                format!("lowest {} ({at})", fmt_ratio(Some(*r)))
+            }),
+            met: worst.map(|(r, _)| r > 1.0),
+        });
+        let rb = self
+            .rebuild
+            .as_ref()
+            .and_then(|r| ratio(r.annals.events_per_sec, r.raw_floor.events_per_sec));
+        t.push(target(
+            "rebuild: annals / raw read+upsert floor".into(),
+            "≥ 0.50×",
+            rb,
+            |r| r >= 0.5,
+        ));
+        t.push(Target {
+            name: "append-to-visible p99 at half load".into(),
+            goal: "< 50 ms".into(),
+            measured: "not measured (query API not landed)".into(),
+            met: None,
+        });
+        if let (Some(a), Some(n)) = (
+            find("single", 64, StoreKind::Annals),
+            find("single", 64, StoreKind::AnnalsNoNotify),
+        ) {
+            t.push(Target {
+                name: "NOTIFY cost at concurrency 64 (information)".into(),
+                goal: "annals / annals without pg_notify".into(),
+                measured: fmt_ratio(ratio(
+                    a.measurement.events_per_sec,
+                    n.measurement.events_per_sec,
+                )),
+                met: None,
+            });
+        }
+        self.targets = t;
+    }
+
+    /// The markdown summary.
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let m = &self.machine;
+        let _ = writeln!(
+            s,
+            "Profile `{}`, {}; {} CPUs, {:.1} GiB RAM, PostgreSQL {}, Linux {}{}.\n",
+            self.profile,
+            self.started_at,
+            m.cpus,
+            m.memory_gib,
+            m.postgres,
+            m.kernel,
+            self.git_commit
+                .as_ref()
+                .map(|c| format!(", commit {}", &c[..c.len().min(10)]))
+                .unwrap_or_default()
+        );
+        if !self.append.is_empty() {
+            let _ = writeln!(
+                s,
+                "| workload | conc. | store | events/s | p50 ms | p99 ms | × raw |\n\
+                 | --- | ---: | --- | ---: | ---: | ---: | ---: |"
+            );
+            for r in &self.append {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} | {} | {} |",
+                    if r.workload == "single" {
+                        "1 event/cmd"
+                    } else {
+                        "100 events/cmd"
+                    },
+                    r.concurrency,
+                    r.store_name,
+                    fmt_rate(r.measurement.events_per_sec),
+                    fmt_ms(r.measurement.p50_ms),
+                    fmt_ms(r.measurement.p99_ms),
+                    fmt_ratio(r.vs_raw),
+                );
+            }
+            s.push('\n');
+        }
+        if let Some(r) = &self.rebuild {
+            let _ = writeln!(
+                s,
+                "| rebuild of {} events | events/s | seconds | × floor |\n| --- | ---: | ---: | ---: |",
+                fmt_rate(r.stored_events as f64)
+            );
+            let _ = writeln!(
+                s,
+                "| annals, all projections ({}) | {} | {:.1} | {} |",
+                r.per_projection
+                    .iter()
+                    .map(|(n, e, secs)| format!("{n}: {e} ev {secs:.1} s"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                fmt_rate(r.annals.events_per_sec),
+                r.annals.seconds,
+                fmt_ratio(ratio(r.annals.events_per_sec, r.raw_floor.events_per_sec)),
+            );
+            let _ = writeln!(
+                s,
+                "| raw floor (read 1,000 + UNNEST upsert + audit insert per tx) | {} | {:.1} | 1.00× |\n",
+                fmt_rate(r.raw_floor.events_per_sec),
+                r.raw_floor.seconds
+            );
+        }
+        if let Some(e) = &self.e2e {
+            let _ = writeln!(
+                s,
+                "| gRPC `CreateTask` (child process, pool {}) | commands/s | p50 ms | p99 ms |\n| --- | ---: | ---: | ---: |",
+                e.server_pool_size
+            );
+            for c in &e.commands {
+                let _ = writeln!(
+                    s,
+                    "| concurrency {} | {} | {} | {} |",
+                    c.concurrency,
+                    fmt_rate(c.measurement.ops_per_sec),
+                    fmt_ms(c.measurement.p50_ms),
+                    fmt_ms(c.measurement.p99_ms)
+                );
+            }
+            let _ = writeln!(
+                s,
+                "\nCommand API peak RSS (VmHWM) after the load: {}.\n",
+                e.command_api_peak_rss_mib
+                    .map_or("unknown".into(), |v| format!("{v:.1} MiB"))
+            );
+        }
+        if let Some(k) = &self.kafka {
+            let _ = writeln!(
+                s,
+                "| Kafka (tansu, {} events) | messages/s | seconds | × plain |\n| --- | ---: | ---: | ---: |",
+                fmt_rate(k.relay.events as f64)
+            );
+            let _ = writeln!(
+                s,
+                "| annals relay (incl. start, topic creation, checkpoints) | {} | {:.1} | {} |",
+                fmt_rate(k.relay.events_per_sec),
+                k.relay.seconds,
+                fmt_ratio(ratio(
+                    k.relay.events_per_sec,
+                    k.plain_producer.events_per_sec
+                ))
+            );
+            let _ = writeln!(
+                s,
+                "| plain rdkafka idempotent producer, same envelopes | {} | {:.1} | 1.00× |\n",
+                fmt_rate(k.plain_producer.events_per_sec),
+                k.plain_producer.seconds
+            );
+        }
+        if !self.targets.is_empty() {
+            let _ = writeln!(
+                s,
+                "| target | goal | measured | met |\n| --- | --- | --- | --- |"
+            );
+            for t in &self.targets {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} |",
+                    t.name,
+                    t.goal,
+                    t.measured,
+                    match t.met {
+                        Some(true) => "yes",
+                        Some(false) => "**no**",
+                        None => "–",
+                    }
+                );
+            }
+            s.push('\n');
+        }
+        for n in &self.not_done {
+            let _ = writeln!(s, "- not done: {n}");
+        }
+        s
+    }
+}
+
+fn target(name: String, goal: &str, value: Option<f64>, ok: impl Fn(f64) -> bool) -> Target {
+    Target {
+        name,
+        goal: goal.into(),
+        measured: value.map_or("not measured".into(), |v| fmt_ratio(Some(v))),
+        met: value.map(ok),
+    }
+}
