@@ -483,6 +483,15 @@ impl Runner {
                 }
                 Err(e) => Err(e),
             };
+            let outcome = match outcome {
+                Ok(stats) if stats == BatchStats::default() && source.reconciles() => {
+                    self.reconcile().await.map(|filled| BatchStats {
+                        gap_filled: filled,
+                        ..stats
+                    })
+                }
+                other => other,
+            };
             match outcome {
                 Ok(stats) => {
                     backoff = self.options.restart_backoff;
@@ -503,6 +512,54 @@ impl Runner {
                 }
             }
         }
+    }
+}
+
+impl Runner {
+    /// Applies, from the store, the events of streams whose applied version is behind the
+    /// store's head (parked streams excepted: they wait for the dead-letter tools). A safety net
+    /// for sources that may fail to deliver (Kafka); returns the events applied.
+    pub async fn reconcile(&self) -> Result<u64, ProjectionError> {
+        let p = self.projection.as_ref();
+        let types: Option<Vec<String>> = p
+            .stream_types()
+            .map(|t| t.iter().map(|s| (*s).to_owned()).collect());
+        let behind: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT s.stream_id, COALESCE(ps.version, 0) FROM streams s \
+               LEFT JOIN projection_streams ps \
+                 ON ps.projection = $1 AND ps.stream_id = s.stream_id \
+              WHERE ($2::text[] IS NULL OR s.stream_type = ANY($2)) \
+                AND COALESCE(ps.version, 0) < s.version \
+                AND NOT EXISTS (SELECT 1 FROM projection_dead_letters d \
+                                 WHERE d.projection = $1 AND d.stream_id = s.stream_id \
+                                   AND d.status = 'open') \
+              ORDER BY s.stream_id LIMIT 100",
+        )
+        .bind(p.name())
+        .bind(&types)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut events = Vec::new();
+        for (stream, applied) in &behind {
+            let id = StreamId::new(stream.clone())?;
+            let from = u64::try_from(*applied).unwrap_or(0) + 1;
+            events.extend(
+                self.store
+                    .read_stream(&id, from, Direction::Forward, 500)
+                    .await?,
+            );
+        }
+        if events.is_empty() {
+            return Ok(0);
+        }
+        tracing::warn!(
+            projection = p.name(),
+            streams = behind.len(),
+            events = events.len(),
+            "source idle while streams are behind the store; applying from the store"
+        );
+        let stats = self.process(&events, None).await?;
+        Ok(stats.applied + stats.gap_filled)
     }
 }
 

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use event_store::{EventStore, Position, RecordedEvent, Subscription, SubscriptionOptions};
+use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -34,6 +35,12 @@ pub trait EventSource: Send {
 
     /// The last batch failed: continue from the last durable point.
     async fn rewind(&mut self) -> Result<(), ProjectionError>;
+
+    /// Whether the runner should compare its per-stream versions with the store when the
+    /// source is idle (empty batch) and apply what the source failed to deliver.
+    fn reconciles(&self) -> bool {
+        false
+    }
 }
 
 /// The store as a source: a live, gap-safe [`Subscription`] from the projection's checkpoint.
@@ -110,6 +117,9 @@ pub struct KafkaSourceConfig {
     pub batch_size: usize,
     /// How long to gather a batch once a first message arrived.
     pub batch_linger: Duration,
+    /// After this long without a message, `next_batch` returns an empty batch so that the
+    /// runner reconciles with the store.
+    pub idle_timeout: Duration,
     /// Extra librdkafka settings.
     pub extra: Vec<(String, String)>,
 }
@@ -123,6 +133,7 @@ impl KafkaSourceConfig {
             group_id: format!("annals.projections.{projection}"),
             batch_size: 500,
             batch_linger: Duration::from_millis(20),
+            idle_timeout: Duration::from_secs(5),
             extra: Vec::new(),
         }
     }
@@ -132,10 +143,17 @@ impl KafkaSourceConfig {
 /// partitions), auto-commit off, offsets committed by [`EventSource::ack`] after the batch's
 /// transaction committed. Order holds per partition, i.e. per stream (key = stream id);
 /// redeliveries after a rebalance or crash are turned into no-ops by the per-stream versions.
+///
+/// The store stays the source of truth: when no message arrived for
+/// [`KafkaSourceConfig::idle_timeout`], the runner reconciles its per-stream versions with the
+/// store's stream heads and applies whatever Kafka did not deliver (see
+/// [`crate::Runner::reconcile`]). With tansu we saw a partition taken over after a worker died
+/// resume at the wrong offset (from 0, harmless; or past uncommitted messages, which would
+/// otherwise be lost for the model until the stream's next event).
 pub struct KafkaSource {
     config: KafkaSourceConfig,
     topics: Vec<String>,
-    consumer: Option<StreamConsumer>,
+    consumer: Option<StreamConsumer<GroupContext>>,
     /// Next offsets to commit for the last batch.
     pending: HashMap<(String, i32), i64>,
 }
@@ -164,7 +182,7 @@ impl KafkaSource {
         }
     }
 
-    fn connect(&self) -> Result<StreamConsumer, ProjectionError> {
+    fn connect(&self) -> Result<StreamConsumer<GroupContext>, ProjectionError> {
         let mut cfg = ClientConfig::new();
         cfg.set("bootstrap.servers", &self.config.bootstrap_servers)
             .set("group.id", &self.config.group_id)
@@ -174,12 +192,17 @@ impl KafkaSource {
             .set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "500")
             .set("topic.metadata.refresh.interval.ms", "1000")
-            .set("allow.auto.create.topics", "false");
+            .set("allow.auto.create.topics", "false")
+            // Cooperative rebalancing: a member keeps the partitions it still owns instead of
+            // having all of them revoked and reassigned on every membership change.
+            .set("partition.assignment.strategy", "cooperative-sticky");
         for (k, v) in &self.config.extra {
             cfg.set(k, v);
         }
-        let consumer: StreamConsumer = cfg
-            .create()
+        let consumer: StreamConsumer<GroupContext> = cfg
+            .create_with_context(GroupContext {
+                group: self.config.group_id.clone(),
+            })
             .map_err(|e| ProjectionError::Source(e.to_string()))?;
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
         consumer
@@ -200,10 +223,10 @@ impl EventSource for KafkaSource {
         };
         self.pending.clear();
         let mut events = Vec::new();
-        let first = consumer
-            .recv()
-            .await
-            .map_err(|e| ProjectionError::Source(e.to_string()))?;
+        let first = match tokio::time::timeout(self.config.idle_timeout, consumer.recv()).await {
+            Ok(m) => m.map_err(|e| ProjectionError::Source(e.to_string()))?,
+            Err(_idle) => return Ok(SourceBatch::default()),
+        };
         push(&mut self.pending, &mut events, &first)?;
         let deadline = tokio::time::Instant::now() + self.config.batch_linger;
         while events.len() < self.config.batch_size {
@@ -231,11 +254,16 @@ impl EventSource for KafkaSource {
             list.add_partition_offset(topic, *partition, Offset::Offset(*offset))
                 .map_err(|e| ProjectionError::Source(e.to_string()))?;
         }
+        tracing::debug!(group = %self.config.group_id, offsets = ?self.pending, "committing offsets");
         consumer
             .commit(&list, CommitMode::Sync)
             .map_err(|e| ProjectionError::Source(e.to_string()))?;
         self.pending.clear();
         Ok(())
+    }
+
+    fn reconciles(&self) -> bool {
+        true
     }
 
     async fn rewind(&mut self) -> Result<(), ProjectionError> {
@@ -246,12 +274,51 @@ impl EventSource for KafkaSource {
     }
 }
 
+/// Logs partition assignments: who owns what is the first question when a group stalls.
+#[derive(Debug)]
+pub struct GroupContext {
+    group: String,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn post_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &Rebalance<'_>,
+    ) {
+        match rebalance {
+            Rebalance::Assign(list) => {
+                let parts: Vec<String> = list
+                    .elements()
+                    .iter()
+                    .map(|e| format!("{}/{}", e.topic(), e.partition()))
+                    .collect();
+                tracing::info!(group = %self.group, partitions = ?parts, "partitions assigned");
+            }
+            Rebalance::Revoke(list) => {
+                tracing::info!(group = %self.group, count = list.count(), "partitions revoked");
+            }
+            Rebalance::Error(err) => {
+                tracing::warn!(group = %self.group, error = %err, "rebalance failed");
+            }
+        }
+    }
+}
+
 /// Decodes a message into `events` and remembers the offset to commit after it.
 fn push(
     pending: &mut HashMap<(String, i32), i64>,
     events: &mut Vec<RecordedEvent>,
     m: &rdkafka::message::BorrowedMessage<'_>,
 ) -> Result<(), ProjectionError> {
+    tracing::trace!(
+        topic = m.topic(),
+        partition = m.partition(),
+        offset = m.offset(),
+        "message"
+    );
     pending.insert((m.topic().to_owned(), m.partition()), m.offset() + 1);
     let bytes = m.payload().unwrap_or_default();
     match event_store::relay::decode_envelope(bytes) {

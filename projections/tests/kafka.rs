@@ -79,6 +79,7 @@ fn worker(
             cfg.topic_prefix = prefix.to_owned();
             cfg.group_id = format!("{groups}{}", p.name());
             cfg.batch_size = 7;
+            cfg.idle_timeout = Duration::from_secs(1);
             let types: Vec<&str> = p
                 .stream_types()
                 .map_or(ALL_TYPES.to_vec(), <[&str]>::to_vec);
@@ -134,9 +135,13 @@ async fn two_workers_share_partitions_and_one_takes_over(
     _opts: sqlx::pool::PoolOptions<sqlx::Postgres>,
     connect: PgConnectOptions,
 ) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let pool = PgPoolOptions::new()
-        .max_connections(30)
-        .connect_with(connect)
+        .max_connections(10)
+        .connect_with(connect.clone())
         .await
         .unwrap();
     let store = EventStore::new(pool.clone());
@@ -165,9 +170,26 @@ async fn two_workers_share_partitions_and_one_takes_over(
     let relay_stop = CancellationToken::new();
     let relay = tokio::spawn(Relay::new(store.clone(), relay_cfg).run(relay_stop.clone()));
 
+    // Each worker has its own connections, like a separate process.
+    let worker_pool = || {
+        PgPoolOptions::new()
+            .max_connections(10)
+            .connect_with(connect.clone())
+    };
+    let (pool_a, pool_b) = (worker_pool().await.unwrap(), worker_pool().await.unwrap());
     let (a_count, b_count) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let a = worker(&store, &prefix, &groups, a_count.clone());
-    let b = worker(&store, &prefix, &groups, b_count.clone());
+    let a = worker(
+        &EventStore::new(pool_a.clone()),
+        &prefix,
+        &groups,
+        a_count.clone(),
+    );
+    let b = worker(
+        &EventStore::new(pool_b.clone()),
+        &prefix,
+        &groups,
+        b_count.clone(),
+    );
 
     // Keep events flowing on every task stream until both workers have applied some: then
     // both own partitions (whatever the timing of the group's rebalances).
@@ -184,9 +206,17 @@ async fn two_workers_share_partitions_and_one_takes_over(
     }
 
     // Kill worker A (no graceful shutdown: batches in flight are lost, offsets uncommitted).
+    // Like a process death: tasks gone mid-batch, connections closed (Postgres rolls back their
+    // transactions and releases their locks), Kafka membership left to the broker.
     for h in &a {
         h.abort();
     }
+    for h in a {
+        let _ = h.await;
+    }
+    tokio::time::timeout(Duration::from_secs(30), pool_a.close())
+        .await
+        .unwrap();
     let before = b_count.load(Ordering::Relaxed);
     for (i, id) in tasks.iter().enumerate() {
         touch_task(&store, *id, 1000 + i as u32).await;
@@ -199,10 +229,32 @@ async fn two_workers_share_partitions_and_one_takes_over(
         if lag == 0 {
             break;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{lag} stream(s) never caught up after the takeover"
-        );
+        if tokio::time::Instant::now() >= deadline {
+            let detail: Vec<(String, String, i64, Option<i64>)> = sqlx::query_as(
+                "SELECT p.name, s.stream_id, s.version, ps.version FROM streams s \
+                 CROSS JOIN (VALUES ('problems', 'problem'), ('tasks', 'task'), \
+                   ('agent_sessions', 'agent_session'), ('governance', 'governance_decision'), \
+                   ('audit', NULL)) AS p(name, st) \
+                 LEFT JOIN projection_streams ps ON ps.projection = p.name AND ps.stream_id = s.stream_id \
+                 WHERE (p.st IS NULL OR p.st = s.stream_type) AND ps.version IS DISTINCT FROM s.version",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            let relayed: Option<i64> = sqlx::query_scalar(
+                "SELECT position FROM subscription_checkpoints WHERE name LIKE 'relay:%'",
+            )
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+            let head: Option<i64> = sqlx::query_scalar("SELECT max(global_position) FROM events")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            panic!(
+                "{lag} stream(s) never caught up after the takeover: {detail:?}; relay at {relayed:?}, head {head:?}"
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
