@@ -37,6 +37,7 @@
 //! - [`rebuild`]: shadow-schema rebuild with progress and atomic swap.
 //! - [`reactors`]: recurring-task manager and reminder scheduler (with the in-app inbox channel).
 //! - [`lag`]: lag gauges per projection.
+//! - [`worker`]: running every projection, the reactors and the lag sampler in one process.
 //!
 //! The SQL schema is in the workspace's `migrations/2026112300002*`.
 
@@ -48,6 +49,7 @@ pub mod reactors;
 pub mod rebuild;
 pub mod runner;
 pub mod source;
+pub mod worker;
 
 pub use projection::{Projection, ProjectionError};
 pub use runner::{BatchStats, Runner, RunnerOptions};

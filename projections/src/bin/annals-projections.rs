@@ -13,16 +13,14 @@
 //! Every flag also reads an environment variable (see `--help`); migrations are applied at start.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use event_store::EventStore;
-use projections::reactors::{InAppInbox, RecurringTasks, ReminderScheduler};
 use projections::rebuild::{RebuildOptions, rebuild};
-use projections::source::{EventSource, KafkaSource, KafkaSourceConfig, StoreSource};
-use projections::{Projection, Runner, RunnerOptions, dead_letters, lag, models};
+use projections::worker::{self, KafkaWorkerConfig, WorkerConfig};
+use projections::{dead_letters, lag, models};
 use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -93,7 +91,7 @@ struct RunArgs {
     #[arg(long, env = "ANNALS_MAX_ATTEMPTS", default_value_t = 3)]
     max_attempts: u32,
     /// Prometheus metrics address (text format at any path).
-    #[arg(long, env = "ANNALS_METRICS_ADDR", default_value = "127.0.0.1:9464")]
+    #[arg(long, env = "ANNALS_METRICS_ADDR", default_value = "127.0.0.1:9466")]
     metrics_addr: SocketAddr,
     /// Do not run the reminder scheduler and the recurring-task manager.
     #[arg(long, env = "ANNALS_NO_REACTORS")]
@@ -164,7 +162,7 @@ async fn main() -> anyhow::Result<()> {
             batch_size,
             no_progress,
         } => {
-            let targets = select(&projection)?;
+            let targets = worker::select(&projection).map_err(anyhow::Error::msg)?;
             let options = RebuildOptions {
                 batch_size,
                 progress: !no_progress,
@@ -196,21 +194,6 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-fn select(names: &str) -> anyhow::Result<Vec<Arc<dyn Projection>>> {
-    if names == "all" {
-        return Ok(models::all());
-    }
-    names
-        .split(',')
-        .map(|n| {
-            models::by_name(n.trim()).with_context(|| {
-                let known: Vec<&str> = models::all().iter().map(|p| p.name()).collect();
-                format!("unknown projection {n:?}; known: {}", known.join(", "))
-            })
-        })
-        .collect()
 }
 
 async fn dead_letter_command(store: &EventStore, command: DeadLetterCommand) -> anyhow::Result<()> {
@@ -266,76 +249,27 @@ async fn run(store: EventStore, args: RunArgs) -> anyhow::Result<()> {
         .with_http_listener(args.metrics_addr)
         .install()
         .context("starting the metrics listener")?;
-    let projections = select(&args.projections)?;
-    let shutdown = CancellationToken::new();
-    let mut tasks = tokio::task::JoinSet::new();
-    let options = RunnerOptions {
+    let projections = worker::select(&args.projections).map_err(anyhow::Error::msg)?;
+    let config = WorkerConfig {
+        kafka: args.kafka_bootstrap.map(|bootstrap| KafkaWorkerConfig {
+            bootstrap,
+            topic_prefix: args.topic_prefix,
+            group_prefix: args.group_prefix,
+        }),
+        batch_size: args.batch_size,
         max_attempts: args.max_attempts,
-        ..RunnerOptions::default()
+        reactors: !args.no_reactors,
+        reminder_interval: Duration::from_secs(args.reminder_interval_secs),
+        lag_interval: Duration::from_secs(args.lag_interval_secs),
     };
-    for p in &projections {
-        let runner = Runner::new(store.clone(), p.clone(), options.clone());
-        let mut source: Box<dyn EventSource> = match &args.kafka_bootstrap {
-            Some(bootstrap) => {
-                let mut cfg = KafkaSourceConfig::new(bootstrap.clone(), p.name());
-                cfg.topic_prefix = args.topic_prefix.clone();
-                cfg.group_id = format!("{}{}", args.group_prefix, p.name());
-                cfg.batch_size = args.batch_size as usize;
-                let types: Vec<&str> = match p.stream_types() {
-                    Some(t) => t.to_vec(),
-                    None => ALL_STREAM_TYPES.to_vec(),
-                };
-                Box::new(KafkaSource::new(cfg, &types))
-            }
-            None => Box::new(StoreSource::new(
-                store.clone(),
-                p.checkpoint_name(),
-                p.stream_types(),
-                args.batch_size,
-            )),
-        };
-        let token = shutdown.clone();
-        tracing::info!(
-            projection = p.name(),
-            kafka = args.kafka_bootstrap.is_some(),
-            "starting projection"
-        );
-        tasks.spawn(async move { runner.run(source.as_mut(), &token).await });
-    }
-    if !args.no_reactors {
-        let recurring = RecurringTasks::new(store.clone());
-        let token = shutdown.clone();
-        tasks.spawn(async move { recurring.run(&token).await });
-        let mut scheduler = ReminderScheduler::new(
-            store.clone(),
-            Arc::new(InAppInbox::new(store.pool().clone())),
-        );
-        scheduler.interval = Duration::from_secs(args.reminder_interval_secs.max(1));
-        let token = shutdown.clone();
-        tasks.spawn(async move { scheduler.run(&token).await });
-    }
-    tokio::spawn(lag::sample(
-        store.pool().clone(),
-        projections.clone(),
-        Duration::from_secs(args.lag_interval_secs.max(1)),
-        shutdown.clone(),
-    ));
-
+    let shutdown = CancellationToken::new();
+    let tasks = worker::spawn(&store, &projections, &config, &shutdown);
     wait_for_signal().await;
     tracing::info!("shutting down: finishing in-flight batches");
     shutdown.cancel();
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => tracing::error!(error = %err, "worker task failed"),
-            Err(err) => tracing::error!(error = %err, "worker task panicked"),
-        }
-    }
+    worker::join(tasks).await;
     Ok(())
 }
-
-/// Stream types of the domain, for projections that consume all of them from Kafka topics.
-const ALL_STREAM_TYPES: &[&str] = &["problem", "task", "agent_session", "governance_decision"];
 
 async fn wait_for_signal() {
     let ctrl_c = async {
