@@ -48,7 +48,7 @@ pub enum ServeError {
 }
 
 /// Serves the command API on `listener` until `shutdown` completes, then drains in-flight
-/// requests (tonic's graceful shutdown) and returns. Health turns `NOT_SERVING` first, so
+/// requests (tonic's graceful shutdown, at most [`schemas::runtime::DRAIN_GRACE`]) and returns. Health turns `NOT_SERVING` first, so
 /// load balancers stop sending new work.
 pub async fn serve(
     store: EventStore,
@@ -88,6 +88,7 @@ pub async fn serve(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
+    let (shutdown, began) = schemas::runtime::drain_trigger(shutdown);
     let draining = async move {
         shutdown.await;
         tracing::info!("shutting down: health NOT_SERVING, draining in-flight requests");
@@ -108,7 +109,7 @@ pub async fn serve(
             .await;
     };
 
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .timeout(config.request_timeout)
         .concurrency_limit_per_connection(config.concurrency_per_connection)
         .add_service(health_service)
@@ -118,35 +119,10 @@ pub async fn serve(
         .add_service(tasks)
         .add_service(sessions)
         .add_service(governance)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining)
-        .await?;
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining);
+    // Bounded: idle client connections must not keep a stopping server alive.
+    schemas::runtime::drain_within(server, began).await?;
     Ok(())
 }
 
-/// Resolves on SIGTERM or ctrl-c (SIGINT): the binary's shutdown signal.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::warn!(error = %e, "cannot listen for ctrl-c");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
-}
+pub use schemas::runtime::shutdown_signal;

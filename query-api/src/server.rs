@@ -73,7 +73,7 @@ async fn set_all(health: &tonic_health::server::HealthReporter, serving: bool) {
 }
 
 /// Serves the query API on `listener` until `shutdown` completes, then drains in-flight
-/// requests (tonic's graceful shutdown) and returns. Health turns `NOT_SERVING` first, so
+/// requests (tonic's graceful shutdown, at most [`schemas::runtime::DRAIN_GRACE`]) and returns. Health turns `NOT_SERVING` first, so
 /// load balancers stop sending new work.
 pub async fn serve(
     reader: Reader,
@@ -96,13 +96,14 @@ pub async fn serve(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
+    let (shutdown, began) = schemas::runtime::drain_trigger(shutdown);
     let draining = async move {
         shutdown.await;
         tracing::info!("shutting down: health NOT_SERVING, draining in-flight requests");
         set_all(&health, false).await;
     };
 
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .timeout(config.request_timeout)
         .concurrency_limit_per_connection(config.concurrency_per_connection)
         .add_service(health_service)
@@ -123,35 +124,10 @@ pub async fn serve(
         )
         .add_service(AuditQueriesServer::from_arc(service.clone()).max_decoding_message_size(limit))
         .add_service(HistoryQueriesServer::from_arc(service).max_decoding_message_size(limit))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining)
-        .await?;
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining);
+    // Bounded: idle client connections must not keep a stopping server alive.
+    schemas::runtime::drain_within(server, began).await?;
     Ok(())
 }
 
-/// Resolves on SIGTERM or ctrl-c (SIGINT): the binary's shutdown signal.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::warn!(error = %e, "cannot listen for ctrl-c");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
-}
+pub use schemas::runtime::shutdown_signal;

@@ -17,8 +17,11 @@
 //! - [`FILE_DESCRIPTOR_SET`]: encoded descriptors of every file, for gRPC reflection.
 //! - [`auth`]: the API-edge contract both services share: bearer-token format, roles,
 //!   [`auth::Principal`], and the token store (`api_tokens`, SHA-256 hashed).
+//! - [`runtime`]: process plumbing both services share (shutdown signal, bounded drain,
+//!   Prometheus endpoint).
 
 pub mod auth;
+pub mod runtime;
 
 /// Generated code of package `annals.v1`.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]

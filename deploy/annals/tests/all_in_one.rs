@@ -1,0 +1,146 @@
+//! The `annals` binary end to end: a real process serving both APIs on loopback, a command
+//! over gRPC, a read-your-writes query through the projections, and a clean SIGTERM shutdown.
+#![allow(clippy::unwrap_used)] // integration tests: a failed unwrap is a failed test
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use schemas::auth::{NewToken, Role, TokenStore};
+use schemas::v1 as pb;
+use sqlx::PgPool;
+use tonic::Request;
+use tonic::metadata::MetadataValue;
+use uuid::Uuid;
+
+/// The URL of this test's own database on the server of `DATABASE_URL`.
+fn test_database_url(pool: &PgPool) -> String {
+    let base = std::env::var("DATABASE_URL").unwrap();
+    let db = pool.connect_options().get_database().unwrap().to_owned();
+    let (server, query) = base
+        .split_once('?')
+        .map_or((base.as_str(), None), |(s, q)| (s, Some(q)));
+    let server = &server[..server.rfind('/').unwrap()];
+    query.map_or_else(
+        || format!("{server}/{db}"),
+        |q| format!("{server}/{db}?{q}"),
+    )
+}
+
+fn authorized<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    let value: MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+#[sqlx::test(migrator = "event_store::MIGRATOR")]
+async fn one_process_serves_commands_projections_and_queries(pool: PgPool) {
+    let (_, token) = TokenStore::new(pool.clone())
+        .create(&NewToken {
+            tenant: "acme".into(),
+            actor: "billing-service".into(),
+            actor_type: "service".into(),
+            role: Role::Service,
+            description: "all-in-one test".into(),
+            expires_at: None,
+        })
+        .await
+        .unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_annals"))
+        .args(["--database-url", &test_database_url(&pool), "run"])
+        .args([
+            "--command-listen",
+            "127.0.0.1:0",
+            "--query-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("annals printed its addresses");
+    let addr = |key: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{key}=")))
+            .map(|a| format!("http://{a}"))
+            .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+    };
+
+    let mut commands = pb::task_commands_client::TaskCommandsClient::connect(addr("command"))
+        .await
+        .unwrap();
+    let task_id = Uuid::now_v7().to_string();
+    let due = chrono::Utc::now() + chrono::Duration::days(3);
+    let created = commands
+        .create_task(authorized(
+            pb::CreateTaskRequest {
+                envelope: Some(pb::CommandEnvelope {
+                    command_id: Uuid::now_v7().to_string(),
+                    ..Default::default()
+                }),
+                task_id: task_id.clone(),
+                title: "Close the books".into(),
+                due_date: Some(prost_types::Timestamp {
+                    seconds: due.timestamp(),
+                    nanos: 0,
+                }),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+
+    let mut queries = pb::task_queries_client::TaskQueriesClient::connect(addr("query"))
+        .await
+        .unwrap();
+    let got = queries
+        .get_task(authorized(
+            pb::GetTaskRequest {
+                min_position: created.global_position,
+                task_id: task_id.clone(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        got.position >= created.global_position,
+        "the answer reflects the command"
+    );
+    let task = got.task.unwrap();
+    assert_eq!(
+        (task.task_id.as_str(), task.title.as_str()),
+        (task_id.as_str(), "Close the books")
+    );
+
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let (done_tx, done_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(child.wait());
+    });
+    let status = done_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("annals stopped within 30 s")
+        .unwrap();
+    assert!(status.success(), "graceful shutdown exits 0: {status:?}");
+}
