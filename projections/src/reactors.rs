@@ -225,7 +225,21 @@ impl RecurringTasks {
                         b = sub.next_batch() => b?,
                     };
                     for event in &batch {
-                        self.handle(event).await?;
+                        match self.handle(event).await {
+                            // Undecodable is permanent: retrying would stall every later
+                            // completion behind it. It cannot describe a valid recurring task,
+                            // so nothing is lost by passing it; it is logged and counted.
+                            Err(err @ ProjectionError::Decode { .. }) => {
+                                tracing::error!(event_id = %event.event_id, error = %err,
+                                    "recurring-task manager skips an undecodable event");
+                                metrics::counter!("annals_reactor_skipped_events_total",
+                                    "reactor" => "recurring_tasks")
+                                .increment(1);
+                            }
+                            other => {
+                                other?;
+                            }
+                        }
                     }
                     if let Some(last) = batch.last() {
                         event_store::save_checkpoint(
