@@ -159,6 +159,12 @@ fn expect_code<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code) -> t
     status
 }
 
+/// The message of a call that must succeed (the status is in the panic message if it did not).
+#[track_caller]
+fn ok<T>(r: Result<tonic::Response<T>, tonic::Status>) -> T {
+    r.unwrap().into_inner()
+}
+
 fn task_req(task_id: &str) -> pb::CreateTaskRequest {
     pb::CreateTaskRequest {
         envelope: env(),
@@ -207,7 +213,7 @@ async fn problem_pipeline_end_to_end(pool: PgPool) {
     let api = Api::start(pool).await;
     let mut c = api.problems();
     let p = id();
-    let r = c
+    let r = ok(c
         .submit_problem(api.req(pb::SubmitProblemRequest {
             envelope: env(),
             problem_id: p.clone(),
@@ -216,9 +222,7 @@ async fn problem_pipeline_end_to_end(pool: PgPool) {
             urgency: pb::Urgency::High as i32,
             ..Default::default()
         }))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     assert_eq!((r.stream_id.as_str(), r.version), (p.as_str(), 1));
     assert_eq!(r.event_ids.len(), 1);
     assert!(r.global_position > 0);
@@ -401,11 +405,9 @@ async fn problem_pipeline_end_to_end(pool: PgPool) {
     }))
     .await
     .unwrap();
-    let done = c
+    let done = ok(c
         .advance_stage(api.req(advance(pb::ProblemStage::Completed)))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     assert_eq!(done.version, 20);
 
     // Fail and cancel, each on its own problem.
@@ -434,7 +436,7 @@ async fn problem_pipeline_end_to_end(pool: PgPool) {
             }))
             .await
         };
-        assert_eq!(r.unwrap().into_inner().version, 2);
+        assert_eq!(ok(r).version, 2);
     }
 
     // The stored metadata carries who, from where, and why.
@@ -470,11 +472,7 @@ async fn task_lifecycle_and_reminders(pool: PgPool) {
     let api = Api::start(pool).await;
     let mut c = api.tasks();
     let t = id();
-    let created = c
-        .create_task(api.req(task_req(&t)))
-        .await
-        .unwrap()
-        .into_inner();
+    let created = ok(c.create_task(api.req(task_req(&t))).await);
     assert_eq!(created.version, 1);
 
     c.update_task(api.req(pb::UpdateTaskRequest {
@@ -548,14 +546,12 @@ async fn task_lifecycle_and_reminders(pool: PgPool) {
     }))
     .await
     .unwrap();
-    let restored = c
+    let restored = ok(c
         .restore_task(api.req(pb::RestoreTaskRequest {
             envelope: env(),
             task_id: t.clone(),
         }))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     assert_eq!(restored.version, 13);
     assert_eq!(api.event_count().await, 13);
     api.stop().await;
@@ -600,16 +596,14 @@ async fn agent_session_lifecycle(pool: PgPool) {
     }))
     .await
     .unwrap();
-    let cost = s
+    let cost = ok(s
         .record_token_cost(api.req(pb::RecordTokenCostRequest {
             envelope: env(),
             session_id: sid.clone(),
             amount: "2.5".into(),
             tokens: Some(1200),
         }))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     assert_eq!(cost.stream_id, sid);
     assert_eq!(
         cost.streams.len(),
@@ -643,7 +637,7 @@ async fn agent_session_lifecycle(pool: PgPool) {
             }))
             .await
         };
-        assert_eq!(r.unwrap().into_inner().version, 2);
+        assert_eq!(ok(r).version, 2);
     }
     api.stop().await;
 }
@@ -668,11 +662,9 @@ async fn a_session_runs_only_with_an_approval_and_an_emergency_stop_halts_it(poo
     assert!(refused.metadata().get("annals-error-code").is_some());
 
     let before = api.event_count().await;
-    let approved = g
+    let approved = ok(g
         .record_decision(api.req(decision(&sid, pb::GovernanceEventType::PreAgentSpawn, true)))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     // Decision and session were appended together.
     assert_eq!(approved.streams.len(), 2);
     assert!(approved.streams.iter().any(|v| v.stream_id == sid));
@@ -682,13 +674,9 @@ async fn a_session_runs_only_with_an_approval_and_an_emergency_stop_halts_it(poo
         before + approved.events.len() as i64
     );
 
-    let running = s
-        .start_session(api.req(start()))
-        .await
-        .unwrap()
-        .into_inner();
+    let running = ok(s.start_session(api.req(start())).await);
     assert!(running.version > 1);
-    let stop = g
+    let stop = ok(g
         .emergency_stop(api.req(pb::EmergencyStopRequest {
             envelope: env(),
             decision_id: id(),
@@ -696,9 +684,7 @@ async fn a_session_runs_only_with_an_approval_and_an_emergency_stop_halts_it(poo
             reason: "runaway tool calls".into(),
             ..Default::default()
         }))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     assert_eq!(stop.streams.len(), 2);
     // Halted: no more cost, no restart.
     expect_code(
@@ -740,16 +726,14 @@ async fn passing_the_cost_limit_blocks_the_session_atomically(pool: PgPool) {
     }))
     .await
     .unwrap();
-    let tripped = s
+    let tripped = ok(s
         .record_token_cost(api.req(pb::RecordTokenCostRequest {
             envelope: env(),
             session_id: sid.clone(),
             amount: "6".into(),
             tokens: None,
         }))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     assert_eq!(
         tripped.streams.len(),
         2,
@@ -783,20 +767,12 @@ async fn a_retried_command_id_returns_the_same_answer_and_appends_nothing(pool: 
     let mut c = api.tasks();
     let t = id();
     let create = task_req(&t);
-    let first = c
-        .create_task(api.req(create.clone()))
-        .await
-        .unwrap()
-        .into_inner();
+    let first = ok(c.create_task(api.req(create.clone())).await);
     assert!(!first.replayed);
     let count = api.event_count().await;
 
     // A create retried: decide alone would now say ALREADY_EXISTS.
-    let again = c
-        .create_task(api.req(create.clone()))
-        .await
-        .unwrap()
-        .into_inner();
+    let again = ok(c.create_task(api.req(create.clone())).await);
     assert!(again.replayed);
     assert_eq!(again.version, first.version);
     assert_eq!(again.global_position, first.global_position);
@@ -809,17 +785,9 @@ async fn a_retried_command_id_returns_the_same_answer_and_appends_nothing(pool: 
         envelope: env(),
         task_id: t.clone(),
     };
-    let done = c
-        .complete_task(api.req(complete.clone()))
-        .await
-        .unwrap()
-        .into_inner();
+    let done = ok(c.complete_task(api.req(complete.clone())).await);
     let count = api.event_count().await;
-    let done_again = c
-        .complete_task(api.req(complete))
-        .await
-        .unwrap()
-        .into_inner();
+    let done_again = ok(c.complete_task(api.req(complete)).await);
     assert!(done_again.replayed);
     assert_eq!(done_again.global_position, done.global_position);
     assert_eq!(api.event_count().await, count);
@@ -831,19 +799,9 @@ async fn a_retried_command_id_returns_the_same_answer_and_appends_nothing(pool: 
         .await
         .unwrap();
     let d = decision(&sid, pb::GovernanceEventType::PreAgentSpawn, true);
-    let one = api
-        .governance()
-        .record_decision(api.req(d.clone()))
-        .await
-        .unwrap()
-        .into_inner();
+    let one = ok(api.governance().record_decision(api.req(d.clone())).await);
     let count = api.event_count().await;
-    let two = api
-        .governance()
-        .record_decision(api.req(d))
-        .await
-        .unwrap()
-        .into_inner();
+    let two = ok(api.governance().record_decision(api.req(d)).await);
     assert!(two.replayed);
     assert_eq!((two.stream_id, two.streams), (one.stream_id, one.streams));
     assert_eq!(api.event_count().await, count);
@@ -918,11 +876,7 @@ async fn each_error_code_from_a_real_request(pool: PgPool) {
     assert_eq!(api.event_count().await, 0, "nothing written by refusals");
 
     // An admin may write.
-    let created = c
-        .create_task(with_token(&admin, task_req(&t)))
-        .await
-        .unwrap()
-        .into_inner();
+    let created = ok(c.create_task(with_token(&admin, task_req(&t))).await);
 
     // ALREADY_EXISTS: a second create of the same id under a new command id.
     expect_code(
@@ -1096,13 +1050,11 @@ async fn health_reports_every_service(pool: PgPool) {
         "annals.v1.AgentSessionCommands",
         "annals.v1.GovernanceCommands",
     ] {
-        let r = health
+        let r = ok(health
             .check(tonic_health::pb::HealthCheckRequest {
                 service: service.into(),
             })
-            .await
-            .unwrap()
-            .into_inner();
+            .await);
         assert_eq!(
             r.status(),
             tonic_health::pb::health_check_response::ServingStatus::Serving,
@@ -1124,11 +1076,9 @@ async fn reflection_v1_lists_the_command_services(pool: PgPool) {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut answers = client
+    let mut answers = ok(client
         .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     let answer = answers.message().await.unwrap().unwrap();
     let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
         panic!("unexpected reflection answer: {answer:?}");

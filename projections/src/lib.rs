@@ -49,6 +49,8 @@ pub mod reactors;
 pub mod rebuild;
 pub mod runner;
 pub mod source;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod worker;
 
 pub use projection::{Projection, ProjectionError};

@@ -2,28 +2,27 @@
 //! events and dead letters: the models always equal a clean rebuild.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use aggregates::task::{Task, TaskCommand};
-use common::*;
 use event_store::{AppendBatch, EventStore, ExpectedVersion, MIGRATOR, NewEvent, StreamId};
 use projections::rebuild::{RebuildOptions, rebuild};
 use projections::source::StoreSource;
+use projections::testkit::*;
 use projections::{Runner, RunnerOptions, dead_letters, models};
 use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 async fn some_history(store: &EventStore) {
-    problem_scenario(store, 1, 0).await;
-    session_scenario(store, 1, "erin").await;
+    problem_scenario(store, TENANT, 1, 0).await;
+    session_scenario(store, TENANT, 1, "erin").await;
     for i in 0..6_u128 {
         let id = uuid(0xd00 + i);
         exec::<Task>(
             store,
+            TENANT,
             id,
             create_task(
                 id,
@@ -38,6 +37,7 @@ async fn some_history(store: &EventStore) {
         if i % 3 == 0 {
             exec::<Task>(
                 store,
+                TENANT,
                 id,
                 TaskCommand::CompleteTask {
                     task_id: task_id(id),
@@ -48,8 +48,8 @@ async fn some_history(store: &EventStore) {
             .await;
         }
     }
-    problem_scenario(store, 2, 5).await;
-    session_scenario(store, 2, "gus").await;
+    problem_scenario(store, TENANT, 2, 5).await;
+    session_scenario(store, TENANT, 2, "gus").await;
 }
 
 async fn rebuild_all(store: &EventStore) {
@@ -164,7 +164,7 @@ async fn live_runners_follow_the_store_and_survive_a_rebuild(
         .await
         .unwrap();
     let store = EventStore::new(pool.clone());
-    problem_scenario(&store, 1, 0).await;
+    problem_scenario(&store, TENANT, 1, 0).await;
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
     for p in models::all() {
@@ -176,7 +176,7 @@ async fn live_runners_follow_the_store_and_survive_a_rebuild(
             r.run(&mut source, &token).await
         }));
     }
-    session_scenario(&store, 1, "erin").await;
+    session_scenario(&store, TENANT, 1, "erin").await;
     // A rebuild while the runners are live: they are fenced and resume from the swap.
     rebuild(
         &store,
@@ -185,8 +185,8 @@ async fn live_runners_follow_the_store_and_survive_a_rebuild(
     )
     .await
     .unwrap();
-    session_scenario(&store, 2, "gus").await;
-    problem_scenario(&store, 2, 3).await;
+    session_scenario(&store, TENANT, 2, "gus").await;
+    problem_scenario(&store, TENANT, 2, 3).await;
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -234,7 +234,7 @@ async fn raw(
     payload: serde_json::Value,
 ) {
     store
-        .append(AppendBatch::new(meta("a")).stream(
+        .append(AppendBatch::new(meta(TENANT, "a")).stream(
             StreamId::new(id.to_string()).unwrap(),
             "task",
             ExpectedVersion::Exact(after),
@@ -250,6 +250,7 @@ async fn poison_event_is_dead_lettered_its_stream_parks_and_others_move(pool: Pg
     let (poisoned, healthy) = (uuid(0xf1), uuid(0xf2));
     exec::<Task>(
         &store,
+        TENANT,
         poisoned,
         create_task(poisoned, "a", Some(minutes(900)), false),
         minutes(0),
@@ -258,7 +259,7 @@ async fn poison_event_is_dead_lettered_its_stream_parks_and_others_move(pool: Pg
     .await;
     // An event the projection cannot decode (an empty title violates the domain's rules).
     store
-        .append(AppendBatch::new(meta("a")).stream(
+        .append(AppendBatch::new(meta(TENANT, "a")).stream(
             StreamId::new(poisoned.to_string()).unwrap(),
             "task",
             ExpectedVersion::Exact(1),
@@ -280,6 +281,7 @@ async fn poison_event_is_dead_lettered_its_stream_parks_and_others_move(pool: Pg
     .await;
     exec::<Task>(
         &store,
+        TENANT,
         healthy,
         create_task(healthy, "b", Some(minutes(900)), false),
         minutes(3),
@@ -288,6 +290,7 @@ async fn poison_event_is_dead_lettered_its_stream_parks_and_others_move(pool: Pg
     .await;
     exec::<Task>(
         &store,
+        TENANT,
         healthy,
         TaskCommand::CompleteTask {
             task_id: task_id(healthy),
@@ -420,6 +423,7 @@ async fn a_failure_fixed_later_is_retried_successfully(pool: PgPool) {
         .unwrap();
     exec::<Task>(
         &store,
+        TENANT,
         id,
         create_task(id, "evil", Some(minutes(900)), false),
         minutes(0),
@@ -428,6 +432,7 @@ async fn a_failure_fixed_later_is_retried_successfully(pool: PgPool) {
     .await;
     exec::<Task>(
         &store,
+        TENANT,
         id,
         TaskCommand::CompleteTask {
             task_id: task_id(id),

@@ -3,8 +3,6 @@
 //! one is killed, the other takes over, and the models equal a rebuild from the store.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -12,11 +10,11 @@ use std::time::Duration;
 use aggregates::task::{Task, TaskCommand, UpdateTask};
 use aggregates::values::TaskTitle;
 use async_trait::async_trait;
-use common::*;
 use event_store::relay::{Relay, RelayConfig};
 use event_store::{EventStore, MIGRATOR, RecordedEvent};
 use projections::rebuild::{RebuildOptions, rebuild};
 use projections::source::{KafkaSource, KafkaSourceConfig};
+use projections::testkit::*;
 use projections::{Projection, ProjectionError, Runner, RunnerOptions, models};
 use sqlx::PgConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -122,6 +120,7 @@ async fn touch_task(store: &EventStore, id: Uuid, n: u32) {
     u.title = Some(TaskTitle::parse(format!("update {n}")).unwrap());
     exec::<Task>(
         store,
+        TENANT,
         id,
         TaskCommand::UpdateTask(u),
         minutes(i64::from(n)),
@@ -149,12 +148,13 @@ async fn two_workers_share_partitions_and_one_takes_over(
     let prefix = format!("p{tag}.");
     let groups = format!("g{tag}.");
 
-    problem_scenario(&store, 1, 0).await;
-    session_scenario(&store, 1, "erin").await;
+    problem_scenario(&store, TENANT, 1, 0).await;
+    session_scenario(&store, TENANT, 1, "erin").await;
     let tasks: Vec<Uuid> = (0..24_u128).map(|i| uuid(0x7700 + i)).collect();
     for id in &tasks {
         exec::<Task>(
             &store,
+            TENANT,
             *id,
             create_task(*id, "a", Some(minutes(100_000)), false),
             minutes(0),
@@ -221,7 +221,7 @@ async fn two_workers_share_partitions_and_one_takes_over(
     for (i, id) in tasks.iter().enumerate() {
         touch_task(&store, *id, 1000 + i as u32).await;
     }
-    session_scenario(&store, 2, "gus").await;
+    session_scenario(&store, TENANT, 2, "gus").await;
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {

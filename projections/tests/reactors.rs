@@ -2,16 +2,14 @@
 //! even when the triggering event is delivered twice or the read model lags.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::sync::Arc;
 
 use aggregates::task::{DeliveryMethod, ReminderTarget, ScheduleReminder, Task, TaskCommand};
 use aggregates::values::ReminderId;
-use common::*;
 use event_store::{EventStore, MIGRATOR};
 use projections::models;
 use projections::reactors::{CommandOutcome, InAppInbox, RecurringTasks, ReminderScheduler};
+use projections::testkit::*;
 use sqlx::PgPool;
 
 #[sqlx::test(migrator = "MIGRATOR")]
@@ -20,6 +18,7 @@ async fn a_recurring_completion_yields_exactly_one_next_occurrence(pool: PgPool)
     let id = uuid(0x51);
     exec::<Task>(
         &store,
+        TENANT,
         id,
         create_task(id, "hana", Some(minutes(60)), true),
         minutes(0),
@@ -28,6 +27,7 @@ async fn a_recurring_completion_yields_exactly_one_next_occurrence(pool: PgPool)
     .await;
     exec::<Task>(
         &store,
+        TENANT,
         id,
         TaskCommand::CompleteTask {
             task_id: task_id(id),
@@ -106,6 +106,7 @@ async fn a_due_reminder_is_delivered_to_the_inbox_once(pool: PgPool) {
     let id = uuid(0x61);
     exec::<Task>(
         &store,
+        TENANT,
         id,
         create_task(id, "ivan", Some(minutes(600)), false),
         minutes(0),
@@ -114,6 +115,7 @@ async fn a_due_reminder_is_delivered_to_the_inbox_once(pool: PgPool) {
     .await;
     exec::<Task>(
         &store,
+        TENANT,
         id,
         TaskCommand::ScheduleReminder(ScheduleReminder {
             task_id: task_id(id),

@@ -1,20 +1,18 @@
 //! Events in (through the real aggregates and store), rows out, checked field by field.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use aggregates::task::{Task, TaskCommand, UpdateTask};
 use aggregates::values::{Patch, TaskTitle};
 use chrono::{DateTime, Utc};
-use common::*;
 use event_store::{EventStore, MIGRATOR};
+use projections::testkit::*;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn problem_pipeline_rows(pool: PgPool) {
     let store = EventStore::new(pool.clone());
-    let [pid, node, plan, result, rec, deliv, art] = problem_scenario(&store, 1, 0).await;
+    let [pid, node, plan, result, rec, deliv, art] = problem_scenario(&store, TENANT, 1, 0).await;
     catch_up_all(&store).await;
 
     let p = sqlx::query("SELECT * FROM problems WHERE problem_id = $1")
@@ -214,6 +212,7 @@ async fn task_rows_and_summary(pool: PgPool) {
     for id in [a, b, c] {
         exec::<Task>(
             &store,
+            TENANT,
             id,
             create_task(id, "dana", Some(due), false),
             minutes(0),
@@ -225,9 +224,18 @@ async fn task_rows_and_summary(pool: PgPool) {
     u.title = Some(TaskTitle::parse("renamed").unwrap());
     u.description = Patch::Clear;
     u.due_date = Patch::Set(minutes(120));
-    exec::<Task>(&store, a, TaskCommand::UpdateTask(u), minutes(1), "dana").await;
     exec::<Task>(
         &store,
+        TENANT,
+        a,
+        TaskCommand::UpdateTask(u),
+        minutes(1),
+        "dana",
+    )
+    .await;
+    exec::<Task>(
+        &store,
+        TENANT,
         b,
         TaskCommand::CompleteTask {
             task_id: task_id(b),
@@ -238,6 +246,7 @@ async fn task_rows_and_summary(pool: PgPool) {
     .await;
     exec::<Task>(
         &store,
+        TENANT,
         c,
         TaskCommand::DeleteTask {
             task_id: task_id(c),
@@ -248,6 +257,7 @@ async fn task_rows_and_summary(pool: PgPool) {
     .await;
     exec::<Task>(
         &store,
+        TENANT,
         c,
         TaskCommand::RestoreTask {
             task_id: task_id(c),
@@ -258,6 +268,7 @@ async fn task_rows_and_summary(pool: PgPool) {
     .await;
     exec::<Task>(
         &store,
+        TENANT,
         c,
         TaskCommand::DeleteTask {
             task_id: task_id(c),
@@ -273,6 +284,7 @@ async fn task_rows_and_summary(pool: PgPool) {
     .unwrap();
     exec::<Task>(
         &store,
+        TENANT,
         a,
         TaskCommand::ScheduleReminder(aggregates::task::ScheduleReminder {
             task_id: task_id(a),
@@ -382,8 +394,8 @@ async fn task_rows_and_summary(pool: PgPool) {
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn sessions_governance_and_summaries(pool: PgPool) {
     let store = EventStore::new(pool.clone());
-    let (s1, approve) = session_scenario(&store, 1, "erin").await;
-    let (_s2, _) = session_scenario(&store, 2, "erin").await;
+    let (s1, approve) = session_scenario(&store, TENANT, 1, "erin").await;
+    let (_s2, _) = session_scenario(&store, TENANT, 2, "erin").await;
     catch_up_all(&store).await;
 
     let s =
@@ -495,6 +507,7 @@ async fn audit_log_rows_and_append_only(pool: PgPool) {
     let id = uuid(0xb1);
     exec::<Task>(
         &store,
+        TENANT,
         id,
         create_task(id, "frank", Some(minutes(600)), false),
         minutes(0),
@@ -504,7 +517,15 @@ async fn audit_log_rows_and_append_only(pool: PgPool) {
     let mut u = UpdateTask::new(task_id(id));
     u.title = Some(TaskTitle::parse("new title").unwrap());
     u.priority = Patch::Clear;
-    exec::<Task>(&store, id, TaskCommand::UpdateTask(u), minutes(1), "frank").await;
+    exec::<Task>(
+        &store,
+        TENANT,
+        id,
+        TaskCommand::UpdateTask(u),
+        minutes(1),
+        "frank",
+    )
+    .await;
     catch_up_all(&store).await;
 
     let events = all_events(&store).await;

@@ -1,17 +1,15 @@
 //! A rebuild of 100,000 events produces exactly the incrementally built models.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::time::Instant;
 
 use aggregates::task::{Task, TaskCommand, UpdateTask};
 use aggregates::values::TaskTitle;
 use aggregates::{Aggregate, CommandContext, DomainEvent};
-use common::*;
 use event_store::{AppendBatch, EventStore, ExpectedVersion, MIGRATOR, NewEvent, StreamId};
 use projections::models;
 use projections::rebuild::{RebuildOptions, rebuild};
+use projections::testkit::*;
 use sqlx::PgPool;
 
 const TASKS: u128 = 20_000;
@@ -22,7 +20,7 @@ const TASKS_PER_APPEND: u128 = 1_000;
 /// (1,000 streams) per append.
 async fn seed(store: &EventStore) {
     for chunk in 0..TASKS / TASKS_PER_APPEND {
-        let mut batch = AppendBatch::new(meta("loader"));
+        let mut batch = AppendBatch::new(meta(TENANT, "loader"));
         for i in 0..TASKS_PER_APPEND {
             let n = chunk * TASKS_PER_APPEND + i;
             let id = uuid(0x10_0000 + n);

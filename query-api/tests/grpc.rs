@@ -4,8 +4,6 @@
 //! clients.
 #![allow(clippy::unwrap_used)] // integration tests: a failed unwrap is a failed test
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -13,9 +11,9 @@ use aggregates::task::{Task, TaskCommand, UpdateTask};
 use aggregates::values::{Patch, TaskTitle};
 use aggregates::{Aggregate, DomainEvent};
 use chrono::{TimeZone, Utc};
-use common::*;
 use event_store::{Direction, EventStore, MIGRATOR, StreamId};
 use projections::source::StoreSource;
+use projections::testkit::*;
 use query_api::{Reader, ServerConfig};
 use schemas::auth::{NewToken, Role, TokenStore};
 use schemas::v1 as pb;
@@ -144,6 +142,12 @@ fn expect_code<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code) -> t
     status
 }
 
+/// The message of a call that must succeed (the status is in the panic message if it did not).
+#[track_caller]
+fn ok<T>(r: Result<tonic::Response<T>, tonic::Status>) -> T {
+    r.unwrap().into_inner()
+}
+
 fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap()
 }
@@ -170,39 +174,6 @@ async fn task_at(
     .0
 }
 
-/// A session created and waiting for approval.
-async fn pending_session(store: &EventStore, tenant: &str, n: u128, user: &str) -> Uuid {
-    use aggregates::agent_session::{AgentSession, AgentSessionCommand, CreateSession};
-    use aggregates::values::{AgentSessionId, AgentType, JsonObject, UserRef};
-    let sid = AgentSessionId::new(uuid(n)).unwrap();
-    exec::<AgentSession>(
-        store,
-        tenant,
-        sid,
-        AgentSessionCommand::CreateSession(CreateSession {
-            session_id: sid,
-            user: UserRef::parse(user).unwrap(),
-            agent_type: AgentType::parse("analyst").unwrap(),
-            agent_config: JsonObject::new(),
-            estimated_cost: None,
-            max_cost_limit: None,
-        }),
-        minutes(0),
-        user,
-    )
-    .await;
-    exec::<AgentSession>(
-        store,
-        tenant,
-        sid,
-        AgentSessionCommand::RequestApproval { session_id: sid },
-        minutes(1),
-        user,
-    )
-    .await;
-    sid.as_uuid()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Every RPC returns what the events say
 
@@ -213,7 +184,9 @@ async fn every_rpc_returns_what_the_events_say(pool: PgPool) {
         problem_scenario(&store, TENANT, 1, 0).await;
     let (sid, approve) = session_scenario(&store, TENANT, 1, "erin").await;
     // A session waiting for approval is live (the scenario's session ends blocked).
-    let pending = pending_session(&store, TENANT, 0xbb01, "finn").await;
+    let pending = pending_session(&store, TENANT, uuid(0xbb01), "finn", None)
+        .await
+        .as_uuid();
     let t_open = uuid(0xaa01);
     let t_overdue = uuid(0xaa02);
     task_at(&store, TENANT, t_open, "dana", t0(), Some(minutes(60 * 24))).await;
@@ -251,7 +224,7 @@ async fn every_rpc_returns_what_the_events_say(pool: PgPool) {
     let tok = api.token(TENANT, Role::Analyst).await;
 
     // Problems.
-    let got = api
+    let got = ok(api
         .problems()
         .get_problem(req(
             &tok,
@@ -260,9 +233,7 @@ async fn every_rpc_returns_what_the_events_say(pool: PgPool) {
                 ..Default::default()
             },
         ))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     let head = store.head_position().await.unwrap().0;
     assert_eq!(got.position, head, "caught up: reflects the whole store");
     let p = got.problem.unwrap();
@@ -274,7 +245,7 @@ async fn every_rpc_returns_what_the_events_say(pool: PgPool) {
     assert_eq!(json(&p.metadata_json)["source"], "web");
     assert_eq!(got.frame.unwrap().goal, "Reduce churn to 2%");
 
-    let list = api
+    let list = ok(api
         .problems()
         .list_problems(req(
             &tok,
@@ -285,12 +256,10 @@ async fn every_rpc_returns_what_the_events_say(pool: PgPool) {
                 ..Default::default()
             },
         ))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     assert_eq!(list.problems.len(), 1);
     assert!(list.next_page_token.is_empty());
-    let none = api
+    let none = ok(api
         .problems()
         .list_problems(req(
             &tok,
@@ -299,9 +268,7 @@ async fn every_rpc_returns_what_the_events_say(pool: PgPool) {
                 ..Default::default()
             },
         ))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     assert!(none.problems.is_empty());
     let bad = api
         .problems()
@@ -316,7 +283,7 @@ async fn every_rpc_returns_what_the_events_say(pool: PgPool) {
     let status = expect_code(bad, Code::InvalidArgument);
     assert!(status.message().starts_with("stage: unknown value"));
 
-    let tree = api
+    let tree = ok(api
         .problems()
         .get_issue_tree(req(
             &tok,
@@ -325,9 +292,7 @@ async fn every_rpc_returns_what_the_events_say(pool: PgPool) {
                 ..Default::default()
             },
         ))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     assert_eq!(tree.nodes.len(), 1);
     let n = &tree.nodes[0];
     assert_eq!(n.node_id, node.to_string());
@@ -337,7 +302,7 @@ async fn every_rpc_returns_what_the_events_say(pool: PgPool) {
     assert_eq!(prio.estimated_cost, "1500.2500");
     assert!(prio.is_recommended);
 
-    let recs = api
+    let recs = ok(api
         .problems()
         .list_recommendations(req(
             &tok,
@@ -346,16 +311,14 @@ async fn every_rpc_returns_what_the_events_say(pool: PgPool) {
                 ..Default::default()
             },
         ))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     assert_eq!(recs.recommendations.len(), 1);
     assert_eq!(recs.recommendations[0].recommendation_id, rec.to_string());
     assert_eq!(recs.recommendations[0].priority, 1);
     assert_eq!(recs.recommendations[0].title, "Push annual plans");
 
     // Tasks.
-    let t = api
+    let t = ok(api
         .tasks()
         .get_task(req(
             &tok,
@@ -364,9 +327,7 @@ async fn every_rpc_returns_what_the_events_say(pool: PgPool) {
                 ..Default::default()
             },
         ))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     let task = t.task.unwrap();
     assert!(task.overdue);
     assert_eq!(task.status, "active");
@@ -375,7 +336,7 @@ async fn every_rpc_returns_what_the_events_say(pool: PgPool) {
     assert_eq!(t.reminders[0].reminder_id, reminder.to_string());
     assert_eq!(t.reminders[0].status, "pending");
 
-    let overdue = api
+    let overdue = ok(api
         .tasks()
         .list_tasks(req(
             &tok,
@@ -384,12 +345,10 @@ async fn every_rpc_returns_what_the_events_say(pool: PgPool) {
                 ..Default::default()
             },
         ))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     let ids: Vec<_> = overdue.tasks.iter().map(|t| t.task_id.clone()).collect();
     assert_eq!(ids, vec![t_overdue.to_string()]);
-    let by_tag = api
+    let by_tag = ok(api
         .tasks()
         .list_tasks(req(
             &tok,
@@ -401,23 +360,19 @@ async fn every_rpc_returns_what_the_events_say(pool: PgPool) {
                 ..Default::default()
             },
         ))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     let ids: Vec<_> = by_tag.tasks.iter().map(|t| t.task_id.clone()).collect();
     assert_eq!(ids, vec![t_open.to_string()]);
 
-    let due = api
+    let due = ok(api
         .tasks()
         .list_due_reminders(req(&tok, pb::ListDueRemindersRequest::default()))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     assert_eq!(due.reminders.len(), 1);
     assert_eq!(due.reminders[0].task_id, t_overdue.to_string());
 
     // Sessions and governance.
-    let s = api
+    let s = ok(api
         .sessions()
         .get_session(req(
             &tok,
@@ -426,9 +381,7 @@ async fn every_rpc_returns_what_the_events_say(pool: PgPool) {
                 ..Default::default()
             },
         ))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     let session = s.session.unwrap();
     // The rejected cost validation blocked it.
     assert_eq!(session.status, "blocked");
@@ -437,7 +390,7 @@ async fn every_rpc_returns_what_the_events_say(pool: PgPool) {
     assert_eq!(s.personas.len(), 1);
     assert_eq!(s.personas[0].persona_id, "sarah");
 
-    let listed = api
+    let listed = ok(api
         .sessions()
         .list_sessions(req(
             &tok,
@@ -448,16 +401,12 @@ async fn every_rpc_returns_what_the_events_say(pool: PgPool) {
                 ..Default::default()
             },
         ))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     assert_eq!(listed.sessions.len(), 1);
-    let active = api
+    let active = ok(api
         .sessions()
         .list_active_sessions(req(&tok, pb::ListActiveSessionsRequest::default()))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     let ids: Vec<_> = active
         .sessions
         .iter()
@@ -467,7 +416,7 @@ async fn every_rpc_returns_what_the_events_say(pool: PgPool) {
     assert_eq!(active.sessions[0].status, "pending_approval");
     assert_eq!(active.sessions[0].approvals, 0);
 
-    let decisions = api
+    let decisions = ok(api
         .governance()
         .list_decisions(req(
             &tok,
@@ -476,11 +425,9 @@ async fn every_rpc_returns_what_the_events_say(pool: PgPool) {
                 ..Default::default()
             },
         ))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     assert_eq!(decisions.decisions.len(), 2);
-    let approved = api
+    let approved = ok(api
         .governance()
         .list_decisions(req(
             &tok,
@@ -490,12 +437,10 @@ async fn every_rpc_returns_what_the_events_say(pool: PgPool) {
                 ..Default::default()
             },
         ))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     assert_eq!(approved.decisions.len(), 1);
     assert_eq!(approved.decisions[0].decision_id, approve.to_string());
-    let rejected = api
+    let rejected = ok(api
         .governance()
         .list_decisions(req(
             &tok,
@@ -504,18 +449,14 @@ async fn every_rpc_returns_what_the_events_say(pool: PgPool) {
                 ..Default::default()
             },
         ))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     assert_eq!(rejected.decisions[0].reason, "too expensive");
 
     // Summaries.
-    let pipeline = api
+    let pipeline = ok(api
         .summaries()
         .get_problem_pipeline(req(&tok, pb::GetProblemPipelineRequest::default()))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     let completed = pipeline
         .stages
         .iter()
@@ -531,12 +472,10 @@ async fn every_rpc_returns_what_the_events_say(pool: PgPool) {
     assert_eq!(framing.exited_count, 1);
     assert_eq!(framing.mean_seconds_in_stage, "1200.000");
 
-    let summaries = api
+    let summaries = ok(api
         .summaries()
         .list_task_summaries(req(&tok, pb::ListTaskSummariesRequest::default()))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     assert_eq!(summaries.summaries.len(), 1);
     let dana = &summaries.summaries[0];
     assert_eq!(
@@ -544,7 +483,7 @@ async fn every_rpc_returns_what_the_events_say(pool: PgPool) {
         ("dana", 2, 1)
     );
 
-    let activity = api
+    let activity = ok(api
         .summaries()
         .list_user_activity(req(
             &tok,
@@ -553,23 +492,19 @@ async fn every_rpc_returns_what_the_events_say(pool: PgPool) {
                 ..Default::default()
             },
         ))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     assert_eq!(activity.users.len(), 1);
     assert_eq!(activity.users[0].total_cost, "3.3001");
 
-    let rates = api
+    let rates = ok(api
         .summaries()
         .list_approval_rates(req(&tok, pb::ListApprovalRatesRequest::default()))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     let total: u64 = rates.rates.iter().map(|r| r.decision_count).sum();
     let approved: u64 = rates.rates.iter().map(|r| r.approved_count).sum();
     assert_eq!((total, approved), (2, 1));
 
-    let costs = api
+    let costs = ok(api
         .summaries()
         .list_daily_costs(req(
             &tok,
@@ -578,15 +513,13 @@ async fn every_rpc_returns_what_the_events_say(pool: PgPool) {
                 ..Default::default()
             },
         ))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     let cost: Vec<_> = costs.costs.iter().map(|c| c.total_cost.as_str()).collect();
     assert_eq!(cost, vec!["3.3001"]);
     assert_eq!(costs.costs[0].tokens_used, 3000);
 
     // Audit trail: one entry per event; by resource, actor, correlation id.
-    let trail = api
+    let trail = ok(api
         .audit()
         .list_audit_trail(req(
             &tok,
@@ -599,14 +532,12 @@ async fn every_rpc_returns_what_the_events_say(pool: PgPool) {
                 ..Default::default()
             },
         ))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     assert_eq!(trail.entries.len(), 18);
     assert_eq!(trail.entries[0].action, "problem.submitted");
     assert_eq!(trail.entries[0].actor, "alice");
     assert_eq!(trail.entries[0].client_ip, "10.0.0.7");
-    let governor = api
+    let governor = ok(api
         .audit()
         .list_audit_trail(req(
             &tok,
@@ -618,13 +549,11 @@ async fn every_rpc_returns_what_the_events_say(pool: PgPool) {
                 ..Default::default()
             },
         ))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     assert!(!governor.entries.is_empty());
     assert!(governor.entries.iter().all(|e| e.actor == "governor"));
     let correlation = governor.entries[0].correlation_id.clone();
-    let correlated = api
+    let correlated = ok(api
         .audit()
         .list_audit_trail(req(
             &tok,
@@ -636,9 +565,7 @@ async fn every_rpc_returns_what_the_events_say(pool: PgPool) {
                 ..Default::default()
             },
         ))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     assert!(
         correlated
             .entries
@@ -676,7 +603,7 @@ async fn pages_over_a_thousand_rows_return_each_row_exactly_once(pool: PgPool) {
     let mut token = String::new();
     let mut pages = 0;
     loop {
-        let page = api
+        let page = ok(api
             .tasks()
             .list_tasks(req(
                 &tok,
@@ -686,9 +613,7 @@ async fn pages_over_a_thousand_rows_return_each_row_exactly_once(pool: PgPool) {
                     ..Default::default()
                 },
             ))
-            .await
-            .unwrap()
-            .into_inner();
+            .await);
         assert!(page.tasks.len() <= 37);
         seen.extend(page.tasks.into_iter().map(|t| t.task_id));
         pages += 1;
@@ -714,7 +639,7 @@ async fn pages_over_a_thousand_rows_return_each_row_exactly_once(pool: PgPool) {
     let mut ben = HashSet::new();
     let mut token = String::new();
     loop {
-        let page = api
+        let page = ok(api
             .tasks()
             .list_tasks(req(
                 &tok,
@@ -725,9 +650,7 @@ async fn pages_over_a_thousand_rows_return_each_row_exactly_once(pool: PgPool) {
                     ..Default::default()
                 },
             ))
-            .await
-            .unwrap()
-            .into_inner();
+            .await);
         for t in page.tasks {
             assert_eq!(t.owner, "ben");
             assert!(ben.insert(t.task_id));
@@ -740,12 +663,10 @@ async fn pages_over_a_thousand_rows_return_each_row_exactly_once(pool: PgPool) {
     assert_eq!(ben.len(), 333);
 
     // Default 50, max 500, more refused; foreign or broken tokens refused.
-    let page = api
+    let page = ok(api
         .tasks()
         .list_tasks(req(&tok, pb::ListTasksRequest::default()))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     assert_eq!(page.tasks.len(), 50);
     let too_big = api
         .tasks()
@@ -785,7 +706,7 @@ async fn pages_over_a_thousand_rows_return_each_row_exactly_once(pool: PgPool) {
     let mut listed = Vec::new();
     let mut token = String::new();
     loop {
-        let page = api
+        let page = ok(api
             .audit()
             .list_audit_trail(req(
                 &tok,
@@ -795,9 +716,7 @@ async fn pages_over_a_thousand_rows_return_each_row_exactly_once(pool: PgPool) {
                     ..Default::default()
                 },
             ))
-            .await
-            .unwrap()
-            .into_inner();
+            .await);
         listed.extend(page.entries.into_iter().map(|e| e.global_position));
         if page.next_page_token.is_empty() {
             break;
@@ -806,12 +725,10 @@ async fn pages_over_a_thousand_rows_return_each_row_exactly_once(pool: PgPool) {
     }
     assert_eq!(listed.len(), 1020);
     assert!(listed.windows(2).all(|w| w[0] < w[1]));
-    let mut stream = api
+    let mut stream = ok(api
         .audit()
         .export_audit_trail(req(&tok, pb::ExportAuditTrailRequest::default()))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     let mut exported = Vec::new();
     while let Some(entry) = tokio::time::timeout(Duration::from_secs(10), stream.message())
         .await
@@ -857,7 +774,7 @@ async fn min_position_reads_the_callers_own_write_with_live_projections(
         let id = uuid(0x30_0000 + i);
         let position = task_at(&store, TENANT, id, "dana", t0(), None).await;
         // Immediately: without min_position the row may be missing; with it, it is there.
-        let got = api
+        let got = ok(api
             .tasks()
             .get_task(req(
                 &tok,
@@ -866,13 +783,11 @@ async fn min_position_reads_the_callers_own_write_with_live_projections(
                     min_position: position,
                 },
             ))
-            .await
-            .unwrap()
-            .into_inner();
+            .await);
         assert!(got.position >= position);
         assert_eq!(got.task.unwrap().task_id, id.to_string());
         // Another model reflects the same position although it consumes no task events.
-        let pipeline = api
+        let pipeline = ok(api
             .summaries()
             .get_problem_pipeline(req(
                 &tok,
@@ -880,9 +795,7 @@ async fn min_position_reads_the_callers_own_write_with_live_projections(
                     min_position: position,
                 },
             ))
-            .await
-            .unwrap()
-            .into_inner();
+            .await);
         assert!(pipeline.position >= position);
         // An update is seen too (a change, not just a new row).
         let mut update = UpdateTask::new(task_id(id));
@@ -899,7 +812,7 @@ async fn min_position_reads_the_callers_own_write_with_live_projections(
         .await
         .last_position()
         .0;
-        let audit = api
+        let audit = ok(api
             .audit()
             .list_audit_trail(req(
                 &tok,
@@ -912,11 +825,9 @@ async fn min_position_reads_the_callers_own_write_with_live_projections(
                     ..Default::default()
                 },
             ))
-            .await
-            .unwrap()
-            .into_inner();
+            .await);
         assert_eq!(audit.entries.len(), 2);
-        let got = api
+        let got = ok(api
             .tasks()
             .get_task(req(
                 &tok,
@@ -925,9 +836,7 @@ async fn min_position_reads_the_callers_own_write_with_live_projections(
                     min_position: position,
                 },
             ))
-            .await
-            .unwrap()
-            .into_inner();
+            .await);
         assert_eq!(got.task.unwrap().title, format!("renamed {i}"));
     }
     shutdown.cancel();
@@ -1007,7 +916,7 @@ async fn state_as_of_an_instant_equals_the_state_of_the_events_recorded_until_th
     assert_eq!(events.len(), 5);
 
     // Before the first event: no aggregate yet.
-    let before = api
+    let before = ok(api
         .history()
         .get_state_as_of(req(
             &auditor,
@@ -1019,9 +928,7 @@ async fn state_as_of_an_instant_equals_the_state_of_the_events_recorded_until_th
                 ..Default::default()
             },
         ))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     assert_eq!(before.state_json, "null");
     assert_eq!(before.version, 0);
 
@@ -1041,7 +948,7 @@ async fn state_as_of_an_instant_equals_the_state_of_the_events_recorded_until_th
             state = Task::evolve(state, &ev);
         }
         let expected = query_api::state::task(state.as_ref().unwrap());
-        let at = api
+        let at = ok(api
             .history()
             .get_state_as_of(req(
                 &auditor,
@@ -1053,12 +960,10 @@ async fn state_as_of_an_instant_equals_the_state_of_the_events_recorded_until_th
                     ..Default::default()
                 },
             ))
-            .await
-            .unwrap()
-            .into_inner();
+            .await);
         assert_eq!(json(&at.state_json), expected, "as of event {k}");
         assert_eq!(at.version, events[k].stream_version);
-        let by_version = api
+        let by_version = ok(api
             .history()
             .get_state_as_of(req(
                 &auditor,
@@ -1070,12 +975,10 @@ async fn state_as_of_an_instant_equals_the_state_of_the_events_recorded_until_th
                     ..Default::default()
                 },
             ))
-            .await
-            .unwrap()
-            .into_inner();
+            .await);
         assert_eq!(by_version.state_json, at.state_json);
     }
-    let last = api
+    let last = ok(api
         .history()
         .get_state_as_of(req(
             &auditor,
@@ -1085,15 +988,13 @@ async fn state_as_of_an_instant_equals_the_state_of_the_events_recorded_until_th
                 ..Default::default()
             },
         ))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     let last = json(&last.state_json);
     assert_eq!(last["status"], "completed");
     assert_eq!(last["title"], "v2");
 
     // The stream's events, upcast to the current schema (task.created is v2).
-    let read = api
+    let read = ok(api
         .history()
         .read_stream(req(
             &auditor,
@@ -1103,9 +1004,7 @@ async fn state_as_of_an_instant_equals_the_state_of_the_events_recorded_until_th
                 ..Default::default()
             },
         ))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     assert_eq!(read.events.len(), 2);
     assert_eq!(read.next_from_version, 3);
     assert_eq!(read.events[0].event_type, "task.created");
@@ -1142,7 +1041,7 @@ async fn a_tampered_event_is_named_and_untouched_data_verifies(pool: PgPool) {
         let mut client = api.history();
         let auditor = auditor.clone();
         async move {
-            client
+            ok(client
                 .verify_integrity(req(
                     &auditor,
                     pb::VerifyIntegrityRequest {
@@ -1150,9 +1049,7 @@ async fn a_tampered_event_is_named_and_untouched_data_verifies(pool: PgPool) {
                         ..Default::default()
                     },
                 ))
-                .await
-                .unwrap()
-                .into_inner()
+                .await)
         }
     };
     let all = || {
@@ -1255,47 +1152,37 @@ async fn a_tenant_never_sees_another_tenants_rows(pool: PgPool) {
         .iter()
         .map(Uuid::to_string)
         .collect();
-    let problems = api
+    let problems = ok(api
         .problems()
         .list_problems(req(&a, pb::ListProblemsRequest::default()))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     assert_eq!(problems.problems.len(), 1);
     assert_eq!(problems.problems[0].problem_id, pid_a.to_string());
-    let tasks = api
+    let tasks = ok(api
         .tasks()
         .list_tasks(req(&a, pb::ListTasksRequest::default()))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     assert_eq!(tasks.tasks.len(), 1);
-    let sessions = api
+    let sessions = ok(api
         .sessions()
         .list_sessions(req(&a, pb::ListSessionsRequest::default()))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     assert_eq!(sessions.sessions.len(), 1);
     assert_eq!(sessions.sessions[0].session_id, sid_a.to_string());
-    let active = api
+    let active = ok(api
         .sessions()
         .list_active_sessions(req(&a, pb::ListActiveSessionsRequest::default()))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     assert!(
         active
             .sessions
             .iter()
             .all(|s| !b_ids.contains(&s.session_id))
     );
-    let decisions = api
+    let decisions = ok(api
         .governance()
         .list_decisions(req(&a, pb::ListDecisionsRequest::default()))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     assert_eq!(decisions.decisions.len(), 2);
     assert!(
         decisions
@@ -1303,7 +1190,7 @@ async fn a_tenant_never_sees_another_tenants_rows(pool: PgPool) {
             .iter()
             .all(|d| d.session_id == sid_a.to_string())
     );
-    let recs = api
+    let recs = ok(api
         .problems()
         .list_recommendations(req(
             &a,
@@ -1312,55 +1199,41 @@ async fn a_tenant_never_sees_another_tenants_rows(pool: PgPool) {
                 ..Default::default()
             },
         ))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     assert!(recs.recommendations.is_empty());
-    let reminders = api
+    let reminders = ok(api
         .tasks()
         .list_due_reminders(req(&a, pb::ListDueRemindersRequest::default()))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     assert!(reminders.reminders.is_empty());
-    let pipeline = api
+    let pipeline = ok(api
         .summaries()
         .get_problem_pipeline(req(&a, pb::GetProblemPipelineRequest::default()))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     let total: u64 = pipeline.stages.iter().map(|s| s.problem_count).sum();
     assert_eq!(total, 1, "only tenant A's problem is counted");
-    let summaries = api
+    let summaries = ok(api
         .summaries()
         .list_task_summaries(req(&a, pb::ListTaskSummariesRequest::default()))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     assert_eq!(summaries.summaries[0].active_count, 1);
-    let activity = api
+    let activity = ok(api
         .summaries()
         .list_user_activity(req(&a, pb::ListUserActivityRequest::default()))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     assert_eq!(activity.users[0].session_count, 1);
-    let rates = api
+    let rates = ok(api
         .summaries()
         .list_approval_rates(req(&a, pb::ListApprovalRatesRequest::default()))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     assert_eq!(rates.rates.iter().map(|r| r.decision_count).sum::<u64>(), 2);
-    let costs = api
+    let costs = ok(api
         .summaries()
         .list_daily_costs(req(&a, pb::ListDailyCostsRequest::default()))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     assert_eq!(costs.costs.len(), 1);
     assert_eq!(costs.costs[0].total_cost, "3.3001");
-    let trail = api
+    let trail = ok(api
         .audit()
         .list_audit_trail(req(
             &a,
@@ -1369,9 +1242,7 @@ async fn a_tenant_never_sees_another_tenants_rows(pool: PgPool) {
                 ..Default::default()
             },
         ))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     assert!(
         trail
             .entries
@@ -1442,7 +1313,7 @@ async fn a_tenant_never_sees_another_tenants_rows(pool: PgPool) {
         ))
         .await;
     expect_code(r, Code::NotFound);
-    let range = api
+    let range = ok(api
         .history()
         .verify_integrity(req(
             &a,
@@ -1453,9 +1324,7 @@ async fn a_tenant_never_sees_another_tenants_rows(pool: PgPool) {
                 ..Default::default()
             },
         ))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     assert_eq!(range.events_checked as i64, own_events);
 
     // The second wall: a statement without a tenant filter, inside a request's transaction,
@@ -1507,12 +1376,10 @@ async fn viewers_see_no_personal_audit_fields_and_bad_tokens_see_nothing(pool: P
     let list = |token: String| {
         let mut client = api.audit();
         async move {
-            client
+            ok(client
                 .list_audit_trail(req(&token, pb::ListAuditTrailRequest::default()))
-                .await
-                .unwrap()
-                .into_inner()
-                .entries
+                .await)
+            .entries
         }
     };
     let full = list(analyst.clone()).await;
@@ -1532,12 +1399,10 @@ async fn viewers_see_no_personal_audit_fields_and_bad_tokens_see_nothing(pool: P
         json(&redacted[1].changes_json)["title"],
         serde_json::json!({})
     );
-    let mut stream = api
+    let mut stream = ok(api
         .audit()
         .export_audit_trail(req(&viewer, pb::ExportAuditTrailRequest::default()))
-        .await
-        .unwrap()
-        .into_inner();
+        .await);
     while let Some(e) = tokio::time::timeout(Duration::from_secs(10), stream.message())
         .await
         .unwrap()
@@ -1587,14 +1452,12 @@ async fn health_and_reflection_serve_every_query_service(pool: PgPool) {
         "annals.v1.AuditQueries",
         "annals.v1.HistoryQueries",
     ] {
-        let status = health
+        let status = ok(health
             .check(tonic_health::pb::HealthCheckRequest {
                 service: service.into(),
             })
-            .await
-            .unwrap()
-            .into_inner()
-            .status;
+            .await)
+        .status;
         assert_eq!(
             status,
             tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
