@@ -1,6 +1,7 @@
-//! End-to-end walk through the event store: append, idempotent retry, a refused concurrent
-//! write, an atomic two-stream append, stream and global reads, a live subscription, and chain
-//! verification. Run it with `deploy/demo.sh` (which starts Postgres when needed).
+//! End-to-end walk through the event store on a small ledger (not one of the annals domains,
+//! which go through the command API): append, idempotent retry, a refused concurrent write, an
+//! atomic two-stream transfer, stream reads, a live subscription, and chain verification.
+//! Run it with `deploy/demo.sh` (which starts Postgres when needed).
 
 use std::time::Duration;
 
@@ -41,46 +42,54 @@ async fn main() -> anyhow::Result<()> {
     let start = store.head_position().await?;
     let mut live = store.subscribe(start, SubscriptionOptions::default());
 
-    println!("== annals event store demo ==");
+    println!("== annals event store demo (a two-account ledger) ==");
     let mut meta = Metadata::new("acme", "alice", "user");
     meta.correlation_id = Some(Uuid::now_v7());
-    let task = StreamId::new(format!("task-{}", Uuid::now_v7()))?;
+    let alice = StreamId::new(format!("account-{}", Uuid::now_v7()))?;
+    let bob = StreamId::new(format!("account-{}", Uuid::now_v7()))?;
+    let opened = |owner: &str| {
+        vec![NewEvent::new(
+            "ledger.account_opened",
+            1,
+            json!({ "owner": owner, "currency": "EUR", "balance": "100.00" }),
+        )]
+    };
 
     let command_id = Uuid::now_v7();
-    let created = AppendBatch::new(meta.clone())
+    let open_alice = AppendBatch::new(meta.clone())
         .stream(
-            task.clone(),
-            "task",
+            alice.clone(),
+            "ledger_account",
             ExpectedVersion::NoStream,
-            vec![NewEvent::new(
-                "task.created",
-                2,
-                json!({ "title": "Write the quarterly report", "priority": "high", "tags": ["finance"] }),
-            )],
+            opened("alice"),
         )
         .idempotent(command_id);
-    let first = store.append(created.clone()).await?;
+    let first = store.append(open_alice.clone()).await?;
     println!(
-        "1. appended task.created to {task}: version {}, position {}",
+        "1. opened {alice}: version {}, position {}",
         first.streams[0].version,
         first.last_position()
     );
-    let retry = store.append(created).await?;
+    let retry = store.append(open_alice).await?;
     println!(
         "2. retried command {command_id}: replayed={}, same position: {}",
         retry.replayed,
         retry.last_position() == first.last_position()
     );
+    store
+        .append(AppendBatch::new(meta.clone()).stream(
+            bob.clone(),
+            "ledger_account",
+            ExpectedVersion::NoStream,
+            opened("bob"),
+        ))
+        .await?;
 
     let stale = AppendBatch::new(meta.clone()).stream(
-        task.clone(),
-        "task",
+        alice.clone(),
+        "ledger_account",
         ExpectedVersion::NoStream,
-        vec![NewEvent::new(
-            "task.updated",
-            1,
-            json!({ "title": "Someone else's edit" }),
-        )],
+        opened("mallory"),
     );
     match store.append(stale).await {
         Err(e @ StoreError::WrongExpectedVersion { .. }) => {
@@ -88,56 +97,47 @@ async fn main() -> anyhow::Result<()> {
         }
         other => anyhow::bail!("expected a concurrency conflict, got {other:?}"),
     }
-    store
-        .append(AppendBatch::new(meta.clone()).stream(
-            task.clone(),
-            "task",
-            ExpectedVersion::Exact(1),
-            vec![NewEvent::new(
-                "task.completed",
-                1,
-                json!({ "completed_by": "alice" }),
-            )],
-        ))
-        .await?;
 
-    let session = StreamId::new(format!("agent-session-{}", Uuid::now_v7()))?;
-    let decision = StreamId::new(format!("governance-decision-{}", Uuid::now_v7()))?;
+    // A transfer touches both accounts: both events commit together or not at all.
+    let transfer = Uuid::now_v7();
     let both = store
         .append(
-            AppendBatch::new(Metadata::new("acme", "policy-engine", "service"))
+            AppendBatch::new(meta.clone())
                 .stream(
-                    decision.clone(),
-                    "governance_decision",
-                    ExpectedVersion::NoStream,
+                    alice.clone(),
+                    "ledger_account",
+                    ExpectedVersion::Exact(1),
                     vec![NewEvent::new(
-                        "governance.decision_recorded",
+                        "ledger.debited",
                         1,
-                        json!({ "event_type": "pre_agent_spawn", "approved": true }),
+                        json!({ "amount": "25.00", "transfer": transfer }),
                     )],
                 )
                 .stream(
-                    session.clone(),
-                    "agent_session",
-                    ExpectedVersion::Any,
+                    bob.clone(),
+                    "ledger_account",
+                    ExpectedVersion::Exact(1),
                     vec![NewEvent::new(
-                        "agent_session.approved",
+                        "ledger.credited",
                         1,
-                        json!({ "decision": decision.as_str() }),
+                        json!({ "amount": "25.00", "transfer": transfer }),
                     )],
                 ),
         )
         .await?;
     println!(
-        "4. decision and its effect on the session committed atomically: {} streams, {} events",
+        "4. transfer committed atomically: {} streams, {} events",
         both.streams.len(),
         both.events.len()
     );
 
-    println!("5. stream {task}, forward:");
-    for e in store.read_stream(&task, 1, Direction::Forward, 100).await? {
+    println!("5. stream {alice}, forward:");
+    for e in store
+        .read_stream(&alice, 1, Direction::Forward, 100)
+        .await?
+    {
         println!(
-            "   v{} {:<16} at {} by {} hash {}…",
+            "   v{} {:<22} at {} by {} hash {}…",
             e.stream_version,
             e.event_type,
             e.recorded_at.format("%H:%M:%S%.3f"),
@@ -160,7 +160,7 @@ async fn main() -> anyhow::Result<()> {
         seen += batch.len();
     }
 
-    for stream in [&task, &session, &decision] {
+    for stream in [&alice, &bob] {
         let report = store.verify_stream(stream).await?;
         println!(
             "7. hash chain of {stream}: {} ({} events)",
