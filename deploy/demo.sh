@@ -24,11 +24,11 @@ fi
 export DATABASE_URL
 echo "== demo database: $DATABASE_URL"
 
-cargo build --quiet -p event-store --example demo --example relay_demo \
-  -p command-api --example demo -p query-api --example demo
-cargo run --quiet -p event-store --example demo -- "$@"
+cargo build --quiet -p event-store --example store_demo --example relay_demo \
+  -p command-api --example command_demo -p query-api --example query_demo
+cargo run --quiet -p event-store --example store_demo -- "$@"
 echo
-cargo run --quiet -p command-api --example demo
+cargo run --quiet -p command-api --example command_demo
 if [ "${ANNALS_KAFKA:-0}" = "1" ]; then
   KAFKA_BOOTSTRAP="$(deploy/local/kafka.sh)"
   export KAFKA_BOOTSTRAP
@@ -36,4 +36,4 @@ if [ "${ANNALS_KAFKA:-0}" = "1" ]; then
   cargo run --quiet -p event-store --example relay_demo
 fi
 echo
-cargo run --quiet -p query-api --example demo
+cargo run --quiet -p query-api --example query_demo
