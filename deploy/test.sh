@@ -4,6 +4,16 @@
 # Build artifacts stay in target/ between runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+SCRIPT_NAME=test.sh
+# shellcheck source=deploy/local/lib.sh
+. deploy/local/lib.sh
+
+# Workspace-wide builds include the benchmark's peer esrs, which turns on sqlx's native-tls:
+# OpenSSL headers are needed to compile.
+if ! pkg-config --exists openssl 2>/dev/null; then
+  apt_install pkg-config libssl-dev
+fi
+
 DATABASE_URL="$(deploy/local/postgres.sh)"
 export DATABASE_URL
 KAFKA_BOOTSTRAP="$(deploy/local/kafka.sh)"
