@@ -28,6 +28,10 @@ pub struct KafkaResult {
 
 /// Publishes every event of `store` with the relay, then with a plain producer.
 pub async fn run(store: &EventStore, bootstrap: &str, events: u64) -> anyhow::Result<KafkaResult> {
+    let first = bootstrap.split(',').next().unwrap_or(bootstrap).trim();
+    tokio::net::TcpStream::connect(first)
+        .await
+        .with_context(|| format!("no broker listening at {first}"))?;
     let run_id = uuid::Uuid::now_v7().simple().to_string();
     let mut config = RelayConfig::new(bootstrap);
     config.name = format!("bench-{run_id}");

@@ -8,7 +8,7 @@ use clap::Parser;
 use event_store::EventStore;
 
 use annals_bench::load::{self, Plan};
-use annals_bench::report::{AppendRow, Machine, Report};
+use annals_bench::report::{AppendRow, Machine, RawRepeat, Report};
 use annals_bench::stats::{self, ratio};
 use annals_bench::stores::{StoreKind, Target};
 use annals_bench::{db, e2e, kafka, rebuild};
@@ -112,6 +112,7 @@ async fn main() -> anyhow::Result<()> {
         git_commit: git_commit(),
         machine: machine(&server).await?,
         append: Vec::new(),
+        raw_repeats: Vec::new(),
         rebuild: None,
         e2e: None,
         kafka: None,
@@ -137,8 +138,12 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 profile.batch_ops(c)
             };
+            // The floor runs first and again last: the better of the two is the reference, so
+            // a disturbed floor sample cannot flatter the others.
             let mut floor = None;
-            for kind in StoreKind::ALL {
+            let mut rows = Vec::new();
+            let order = StoreKind::ALL.into_iter().chain([StoreKind::Raw]);
+            for (n, kind) in order.enumerate() {
                 eprintln!(
                     "== {workload} append, concurrency {c}, {}: {ops} commands",
                     kind.name()
@@ -159,17 +164,41 @@ async fn main() -> anyhow::Result<()> {
                 })
                 .await
                 .with_context(|| format!("{workload} append on {} at c{c}", kind.name()))?;
-                if kind == StoreKind::Raw {
-                    floor = Some(m.events_per_sec);
-                }
-                let vs_raw = floor.and_then(|f| ratio(m.events_per_sec, f));
                 eprintln!(
-                    "   {:.0} events/s, p50 {:?} ms, p99 {:?} ms, {} raw",
-                    m.events_per_sec,
-                    m.p50_ms,
-                    m.p99_ms,
-                    stats::fmt_ratio(vs_raw)
+                    "   {:.0} events/s, p50 {:?} ms, p99 {:?} ms",
+                    m.events_per_sec, m.p50_ms, m.p99_ms,
                 );
+                drop(target);
+                server.drop_db(&name).await;
+                if kind == StoreKind::Raw {
+                    let best = floor.map_or(m.clone(), |f: stats::Measurement| {
+                        if f.events_per_sec >= m.events_per_sec {
+                            f
+                        } else {
+                            m.clone()
+                        }
+                    });
+                    floor = Some(best);
+                    if n > 0 {
+                        report.raw_repeats.push(RawRepeat {
+                            workload: workload.into(),
+                            concurrency: c,
+                            measurement: m,
+                        });
+                        continue;
+                    }
+                }
+                rows.push((kind, m));
+            }
+            for (kind, m) in rows {
+                let m = if kind == StoreKind::Raw {
+                    floor.clone().unwrap_or(m)
+                } else {
+                    m
+                };
+                let vs_raw = floor
+                    .as_ref()
+                    .and_then(|f| ratio(m.events_per_sec, f.events_per_sec));
                 report.append.push(AppendRow {
                     workload: workload.into(),
                     concurrency: c,
@@ -178,8 +207,6 @@ async fn main() -> anyhow::Result<()> {
                     measurement: m,
                     vs_raw,
                 });
-                drop(target);
-                server.drop_db(&name).await;
             }
         }
     }
@@ -209,8 +236,10 @@ async fn main() -> anyhow::Result<()> {
                 eprintln!("== end to end: {} on 127.0.0.1", bin.display());
                 let options = server.fresh("e2e").await?;
                 let levels = [(8, profile.e2e_ops(8)), (64, profile.e2e_ops(64))];
-                let r = e2e::run(&bin, &options, &levels).await?;
-                report.e2e = Some(r);
+                match e2e::run(&bin, &options, &levels).await {
+                    Ok(r) => report.e2e = Some(r),
+                    Err(e) => report.not_done.push(format!("end to end failed: {e:#}")),
+                }
                 server.drop_db("e2e").await;
             }
             None => report.not_done.push(
@@ -219,8 +248,9 @@ async fn main() -> anyhow::Result<()> {
             ),
         }
         report.not_done.push(
-            "append-to-visible lag, query get/list p99 and the 1,000,000-row audit export \
-             (streaming, RSS growth): the query API has not landed in git yet"
+            "append-to-visible lag at half load, query get/list p99, query API and \
+             projection worker RSS, and the 1,000,000-row audit export (streaming, RSS growth): \
+             the query API landed while the harness was written; not wired in yet"
                 .into(),
         );
     }
@@ -235,8 +265,10 @@ async fn main() -> anyhow::Result<()> {
                 event_store::migrate(&pool).await?;
                 let store = EventStore::new(pool);
                 let stored = rebuild::seed(&store, n).await?;
-                let k = kafka::run(&store, bootstrap, stored).await?;
-                report.kafka = Some(k);
+                match kafka::run(&store, bootstrap, stored).await {
+                    Ok(k) => report.kafka = Some(k),
+                    Err(e) => report.not_done.push(format!("Kafka relay failed: {e:#}")),
+                }
                 store.pool().close().await;
                 server.drop_db("kafka").await;
             }
