@@ -54,6 +54,7 @@
 //! - [`error`]: [`StoreError`], the one place where SQLSTATEs are interpreted.
 //! - `store`: [`EventStore`] append/read, checkpoints.
 //! - `subscription`: [`Subscription`], the live catch-up subscription.
+//! - `notify`: post-commit wake-ups for subscriptions, coalesced per process.
 //! - [`hash`] and `verify`: the hash chain and its verifier ([`VerifyReport`]);
 //!   `verify_range`: [`EventStore::verify_positions`] over a range of global positions.
 //! - [`relay`]: the outbox relay to Kafka ([`relay::Relay`]) and its wire format; the
@@ -62,6 +63,7 @@
 
 pub mod error;
 pub mod hash;
+mod notify;
 pub mod relay;
 mod store;
 mod subscription;

@@ -1,6 +1,7 @@
 //! [`EventStore`]: append, read, checkpoints.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Instant;
 
 use sqlx::postgres::{PgPool, PgRow};
@@ -10,6 +11,7 @@ use uuid::Uuid;
 
 use crate::error::StoreError;
 use crate::hash;
+use crate::notify::Waker;
 use crate::types::{
     AllBatch, AppendBatch, AppendResult, Direction, MAX_EVENTS_PER_APPEND, Position, RecordedEvent,
     StreamHead, StreamId, check_name,
@@ -30,12 +32,16 @@ pub(crate) use event_columns;
 #[derive(Debug, Clone)]
 pub struct EventStore {
     pool: PgPool,
+    waker: Arc<Waker>,
 }
 
 impl EventStore {
     /// A store over `pool`; the schema must be migrated (see [`crate::migrate`]).
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            waker: Arc::default(),
+        }
     }
 
     /// The underlying pool.
@@ -98,6 +104,7 @@ impl EventStore {
         if let Ok(r) = &outcome
             && !r.replayed
         {
+            self.waker.wake(&self.pool);
             metrics::counter!("annals_events_appended_total").increment(r.events.len() as u64);
         }
         outcome

@@ -8,7 +8,7 @@ use crate::error::StoreError;
 use crate::store::EventStore;
 use crate::types::{Position, RecordedEvent};
 
-/// Channel `annals_append` notifies on commit.
+/// Channel on which every `EventStore` announces its committed appends (a bare wake-up).
 pub const NOTIFY_CHANNEL: &str = "annals_events";
 
 /// Tuning of a [`Subscription`]; the defaults suit projections and relays.
