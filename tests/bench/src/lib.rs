@@ -5,7 +5,7 @@
 //!
 //! 1. **Append**, one event per command at concurrency 1, 8 and 64, and **batch append**, 100
 //!    events per command at concurrency 1 and 8: the annals event store (`EventStore::append`),
-//!    the same store with `pg_notify` removed from `annals_append`, a raw `INSERT` (`UNNEST` for
+//!    a raw `INSERT` (`UNNEST` for
 //!    batches) into a table shaped like `events` (the floor), `cqrs-es` + `postgres-es`, and
 //!    `esrs`. A fresh database per run; stores are interleaved per concurrency level.
 //! 2. **Rebuild** of every projection from stored events (`projections::rebuild`) against a

@@ -159,20 +159,6 @@ impl Report {
             measured: "not measured yet".into(),
             met: None,
         });
-        if let (Some(a), Some(n)) = (
-            find("single", 64, StoreKind::Annals),
-            find("single", 64, StoreKind::AnnalsNoNotify),
-        ) {
-            t.push(Target {
-                name: "NOTIFY cost at concurrency 64 (information)".into(),
-                goal: "annals / annals without pg_notify".into(),
-                measured: fmt_ratio(ratio(
-                    a.measurement.events_per_sec,
-                    n.measurement.events_per_sec,
-                )),
-                met: None,
-            });
-        }
         self.targets = t;
     }
 

@@ -1,6 +1,5 @@
-//! The stores under test, behind one `append(op, events)` call: the annals event store (as is,
-//! and with its `pg_notify` removed), a raw `INSERT` floor, `cqrs-es` + `postgres-es` and
-//! `esrs`.
+//! The stores under test, behind one `append(op, events)` call: the annals event store, a raw
+//! `INSERT` floor, `cqrs-es` + `postgres-es` and `esrs`.
 //!
 //! Every operation is one command creating a fresh aggregate with `events` events of the same
 //! payload, in one transaction, through the store's own append API:
@@ -35,8 +34,6 @@ pub enum StoreKind {
     Raw,
     /// `EventStore::append`.
     Annals,
-    /// `EventStore::append` against a copy of `annals_append` without `pg_notify`.
-    AnnalsNoNotify,
     /// `cqrs-es` + `postgres-es`.
     PostgresEs,
     /// `esrs` (primait event_sourcing.rs).
@@ -45,10 +42,9 @@ pub enum StoreKind {
 
 impl StoreKind {
     /// Every store, floor first.
-    pub const ALL: [StoreKind; 5] = [
+    pub const ALL: [StoreKind; 4] = [
         StoreKind::Raw,
         StoreKind::Annals,
-        StoreKind::AnnalsNoNotify,
         StoreKind::PostgresEs,
         StoreKind::Esrs,
     ];
@@ -58,7 +54,6 @@ impl StoreKind {
         match self {
             Self::Raw => "raw insert",
             Self::Annals => "annals",
-            Self::AnnalsNoNotify => "annals (no NOTIFY)",
             Self::PostgresEs => "cqrs-es/postgres-es",
             Self::Esrs => "esrs",
         }
@@ -69,7 +64,6 @@ impl StoreKind {
         match self {
             Self::Raw => "raw",
             Self::Annals => "annals",
-            Self::AnnalsNoNotify => "annals_nonotify",
             Self::PostgresEs => "postgres_es",
             Self::Esrs => "esrs",
         }
@@ -177,7 +171,7 @@ impl esrs::Aggregate for EsrsTask {
 pub enum Target {
     /// See [`StoreKind::Raw`].
     Raw(PgPool),
-    /// See [`StoreKind::Annals`] (also used for [`StoreKind::AnnalsNoNotify`]).
+    /// See [`StoreKind::Annals`].
     Annals(EventStore),
     /// See [`StoreKind::PostgresEs`].
     PostgresEs(postgres_es::PostgresEventRepository),
@@ -230,24 +224,6 @@ CREATE TABLE snapshots (
 );
 ";
 
-/// Migrates a fresh annals database and replaces `annals_append` by a copy without its
-/// `pg_notify` (the statement is removed, nothing else changes).
-pub async fn drop_notify(pool: &PgPool) -> anyhow::Result<()> {
-    let def: String = sqlx::query_scalar("SELECT pg_get_functiondef('annals_append'::regproc)")
-        .fetch_one(pool)
-        .await?;
-    let notify = "PERFORM pg_notify('annals_events', '');";
-    anyhow::ensure!(
-        def.contains(notify),
-        "annals_append no longer contains `{notify}`; update the benchmark"
-    );
-    sqlx::raw_sql(&def.replace(notify, "NULL;"))
-        .execute(pool)
-        .await
-        .context("replacing annals_append")?;
-    Ok(())
-}
-
 /// Annals metadata of the benchmark's service actor.
 pub fn metadata() -> Metadata {
     let mut m = Metadata::new("bench", "bench-svc", "service");
@@ -268,11 +244,8 @@ impl Target {
                 sqlx::raw_sql(RAW_SCHEMA).execute(&pool).await?;
                 Target::Raw(pool)
             }
-            StoreKind::Annals | StoreKind::AnnalsNoNotify => {
+            StoreKind::Annals => {
                 event_store::migrate(&pool).await?;
-                if kind == StoreKind::AnnalsNoNotify {
-                    drop_notify(&pool).await?;
-                }
                 Target::Annals(EventStore::new(pool))
             }
             StoreKind::PostgresEs => {
