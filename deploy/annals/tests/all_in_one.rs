@@ -28,6 +28,16 @@ fn test_database_url(pool: &PgPool) -> String {
     )
 }
 
+/// Kills the server process if the test ends early, so a failed assertion leaks no process.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn authorized<T>(message: T, token: &str) -> Request<T> {
     let mut request = Request::new(message);
     let value: MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
@@ -59,10 +69,14 @@ async fn one_process_serves_commands_projections_and_queries(pool: PgPool) {
         ])
         .args(["--metrics-listen", "127.0.0.1:0"])
         .env("RUST_LOG", "warn")
+        // The embedded default: whatever broker the test environment has must not switch
+        // this process to Kafka mode.
+        .env_remove("KAFKA_BOOTSTRAP")
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
+    let mut server = Server(child);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut line = String::new();
@@ -130,17 +144,21 @@ async fn one_process_serves_commands_projections_and_queries(pool: PgPool) {
     );
 
     let term = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &server.0.id().to_string()])
         .status()
         .unwrap();
     assert!(term.success());
-    let (done_tx, done_rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = done_tx.send(child.wait());
-    });
-    let status = done_rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("annals stopped within 30 s")
-        .unwrap();
+    // Bounded wait for the exit; polling keeps the child in the guard for cleanup.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "annals stopped within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(status.success(), "graceful shutdown exits 0: {status:?}");
 }
