@@ -441,12 +441,36 @@ impl Relay {
             return Ok(());
         }
         let admin: AdminClient<DefaultClientContext> = self.config.client_config().create()?;
+        // Only topics the broker does not list are created: asking to create existing ones is
+        // needless admin traffic, and some Kafka-compatible brokers (tansu 0.6) answer it with
+        // a reply librdkafka cannot parse.
+        // The metadata call blocks its thread, so it runs off the async workers.
+        let (admin, existing) = tokio::task::spawn_blocking(move || {
+            let existing = admin
+                .inner()
+                .fetch_metadata(None, Duration::from_secs(10))
+                .map(|m| {
+                    m.topics()
+                        .iter()
+                        .map(|t| t.name().to_owned())
+                        .collect::<HashSet<String>>()
+                });
+            (admin, existing)
+        })
+        .await
+        .map_err(|join| match join.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(_) => StoreError::Kafka(KafkaError::Canceled),
+        })?;
+        let existing = existing?;
         let names: Vec<String> = stream_types
             .iter()
             .filter(|t| !known.contains(*t))
             .map(|t| topic_for(&self.config.topic_prefix, t))
+            .filter(|topic| !existing.contains(topic))
             .collect();
         if names.is_empty() {
+            known.extend(stream_types.iter().cloned());
             return Ok(());
         }
         let new_topics: Vec<NewTopic<'_>> = names
