@@ -442,27 +442,8 @@ impl Relay {
         }
         let admin: AdminClient<DefaultClientContext> = self.config.client_config().create()?;
         // Only topics the broker does not list are created: asking to create existing ones is
-        // needless admin traffic, and some Kafka-compatible brokers (tansu 0.6) answer it with
-        // a reply librdkafka cannot parse.
-        // The metadata call blocks its thread, so it runs off the async workers.
-        let (admin, existing) = tokio::task::spawn_blocking(move || {
-            let existing = admin
-                .inner()
-                .fetch_metadata(None, Duration::from_secs(10))
-                .map(|m| {
-                    m.topics()
-                        .iter()
-                        .map(|t| t.name().to_owned())
-                        .collect::<HashSet<String>>()
-                });
-            (admin, existing)
-        })
-        .await
-        .map_err(|join| match join.try_into_panic() {
-            Ok(panic) => std::panic::resume_unwind(panic),
-            Err(_) => StoreError::Kafka(KafkaError::Canceled),
-        })?;
-        let existing = existing?;
+        // needless admin traffic.
+        let (admin, existing) = listed_topics(admin).await?;
         let names: Vec<String> = stream_types
             .iter()
             .filter(|t| !known.contains(*t))
@@ -484,18 +465,57 @@ impl Relay {
             })
             .collect();
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        for result in admin.create_topics(&new_topics, &options).await? {
-            match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => {
-                    return Err(StoreError::Kafka(KafkaError::AdminOp(code)))
-                        .inspect_err(|_| tracing::error!(%topic, ?code, "creating topic failed"));
+        match admin.create_topics(&new_topics, &options).await {
+            Ok(results) => {
+                for result in results {
+                    match result {
+                        Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                        Err((topic, code)) => {
+                            tracing::error!(%topic, ?code, "creating topic failed");
+                            return Err(StoreError::Kafka(KafkaError::AdminOp(code)));
+                        }
+                    }
                 }
+            }
+            Err(err) => {
+                // Some Kafka-compatible brokers (tansu 0.6) create the topics but answer with a
+                // reply librdkafka cannot parse; what matters is whether the broker lists them.
+                let (_, existing) = listed_topics(admin).await?;
+                if let Some(topic) = names.iter().find(|n| !existing.contains(*n)) {
+                    tracing::error!(%topic, error = %err, "creating topic failed");
+                    return Err(StoreError::Kafka(err));
+                }
+                tracing::debug!(error = %err, "create-topics reply unreadable; every topic is listed");
             }
         }
         known.extend(stream_types.iter().cloned());
         Ok(())
     }
+}
+
+/// The topic names the broker lists. The metadata call blocks its thread, so it runs off the
+/// async workers; the client is handed back for further use.
+async fn listed_topics(
+    admin: AdminClient<DefaultClientContext>,
+) -> Result<(AdminClient<DefaultClientContext>, HashSet<String>), StoreError> {
+    let (admin, listed) = tokio::task::spawn_blocking(move || {
+        let listed = admin
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(10))
+            .map(|m| {
+                m.topics()
+                    .iter()
+                    .map(|t| t.name().to_owned())
+                    .collect::<HashSet<String>>()
+            });
+        (admin, listed)
+    })
+    .await
+    .map_err(|join| match join.try_into_panic() {
+        Ok(panic) => std::panic::resume_unwind(panic),
+        Err(_) => StoreError::Kafka(KafkaError::Canceled),
+    })?;
+    Ok((admin, listed?))
 }
 
 fn headers_of(event: &RecordedEvent) -> OwnedHeaders {
