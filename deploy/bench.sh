@@ -19,8 +19,8 @@ if [ "${ANNALS_BENCH_KAFKA:-1}" = "1" ]; then
 else
   unset KAFKA_BOOTSTRAP
 fi
-echo "== building (release) the harness and annals-command-api" >&2
-cargo build --release --locked -p annals-bench -p command-api --bin annals-bench \
-  --bin annals-command-api >&2
+echo "== building (release) the harness and the three server binaries" >&2
+cargo build --release --locked -p annals-bench -p command-api -p projections -p query-api \
+  --bin annals-bench --bin annals-command-api --bin annals-projections --bin annals-query-api >&2
 echo "== running on $DATABASE_URL${KAFKA_BOOTSTRAP:+ and Kafka at $KAFKA_BOOTSTRAP}" >&2
 exec target/release/annals-bench --out target/bench "$@"

@@ -9,7 +9,6 @@ use schemas::v1::governance_commands_server::GovernanceCommandsServer;
 use schemas::v1::problem_commands_server::ProblemCommandsServer;
 use schemas::v1::task_commands_server::TaskCommandsServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::service::CommandService;
 use schemas::auth::TokenStore;
@@ -119,7 +118,7 @@ pub async fn serve(
         .add_service(tasks)
         .add_service(sessions)
         .add_service(governance)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining);
+        .serve_with_incoming_shutdown(schemas::runtime::incoming(listener), draining);
     // Bounded: idle client connections must not keep a stopping server alive.
     schemas::runtime::drain_within(server, began).await?;
     Ok(())

@@ -54,7 +54,7 @@
 //! - [`error`]: [`StoreError`], the one place where SQLSTATEs are interpreted.
 //! - `store`: [`EventStore`] append/read, checkpoints.
 //! - `subscription`: [`Subscription`], the live catch-up subscription.
-//! - `notify`: post-commit wake-ups for subscriptions, coalesced per process.
+//! - `notify`: [`Waker`], post-commit wake-ups coalesced per process (subscriptions, projections).
 //! - [`hash`] and `verify`: the hash chain and its verifier ([`VerifyReport`]);
 //!   `verify_range`: [`EventStore::verify_positions`] over a range of global positions.
 //! - [`relay`]: the outbox relay to Kafka ([`relay::Relay`]) and its wire format; the
@@ -72,6 +72,7 @@ mod verify;
 mod verify_range;
 
 pub use error::StoreError;
+pub use notify::Waker;
 pub use store::{EventStore, load_checkpoint, save_checkpoint};
 pub use subscription::{NOTIFY_CHANNEL, Subscription, SubscriptionOptions};
 pub use types::{

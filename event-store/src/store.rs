@@ -12,6 +12,7 @@ use uuid::Uuid;
 use crate::error::StoreError;
 use crate::hash;
 use crate::notify::Waker;
+use crate::subscription::NOTIFY_CHANNEL;
 use crate::types::{
     AllBatch, AppendBatch, AppendResult, Direction, MAX_EVENTS_PER_APPEND, Position, RecordedEvent,
     StreamHead, StreamId, check_name,
@@ -40,7 +41,7 @@ impl EventStore {
     pub fn new(pool: PgPool) -> Self {
         Self {
             pool,
-            waker: Arc::default(),
+            waker: Arc::new(Waker::new(NOTIFY_CHANNEL, "")),
         }
     }
 

@@ -54,5 +54,5 @@ pub mod testkit;
 pub mod worker;
 
 pub use projection::{Projection, ProjectionError};
-pub use runner::{BatchStats, Runner, RunnerOptions};
+pub use runner::{BatchStats, PROGRESS_CHANNEL, Runner, RunnerOptions};
 pub use source::EventSource;

@@ -7,13 +7,21 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use event_store::{Direction, EventStore, Position, RecordedEvent, StreamId, load_checkpoint};
+use event_store::{
+    Direction, EventStore, Position, RecordedEvent, StreamId, Waker, load_checkpoint,
+};
 use sqlx::{PgConnection, PgPool, Row};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
 
 use crate::projection::{Projection, ProjectionError};
 use crate::source::EventSource;
+
+/// Channel on which a runner announces each batch committed to the live tables, after the
+/// commit (payload: the projection's checkpoint name), so that readers waiting for a position
+/// (the query API's `min_position`) need not poll. Coalesced: one notification may stand for
+/// several batches.
+pub const PROGRESS_CHANNEL: &str = "annals_projection_progress";
 
 /// Schema holding a projection's fresh tables during a rebuild (see [`crate::rebuild`]).
 pub const REBUILD_SCHEMA: &str = "annals_rebuild";
@@ -99,6 +107,7 @@ pub struct Runner {
     store: EventStore,
     projection: Arc<dyn Projection>,
     options: RunnerOptions,
+    progress: Arc<Waker>,
 }
 
 impl std::fmt::Debug for Runner {
@@ -113,11 +122,13 @@ impl std::fmt::Debug for Runner {
 impl Runner {
     /// A runner of `projection` over the store's database.
     pub fn new(store: EventStore, projection: Arc<dyn Projection>, options: RunnerOptions) -> Self {
+        let progress = Arc::new(Waker::new(PROGRESS_CHANNEL, projection.checkpoint_name()));
         Self {
             pool: store.pool().clone(),
             store,
             projection,
             options,
+            progress,
         }
     }
 
@@ -227,6 +238,9 @@ impl Runner {
                 .await?;
         }
         tx.commit().await?;
+        if target == Target::Live {
+            self.progress.wake(&self.pool);
+        }
         Ok(stats)
     }
 

@@ -17,9 +17,14 @@
 //!
 //! # Waiting
 //!
-//! Projections send no notification when they commit, so a request with `min_position` polls
-//! the position with a short, growing pause (5 ms doubling to 100 ms) until it is reached or
-//! the deadline passes. The poll is one indexed statement; a few per waiting request is cheap.
+//! Projection runners notify [`projections::PROGRESS_CHANNEL`] after each committed batch. One
+//! follower task per [`Reader`] (started by the first wait, ended when the last clone of the
+//! reader is dropped or the pool closes) listens, reads the position of each projection named
+//! in a burst of notifications once, and publishes it; every waiting request watches the
+//! published position, so a thousand waiters cost one position read per commit, not a
+//! thousand. A wait still re-reads the position on its own with a growing pause (5 ms doubling
+//! to 100 ms): positions also move without a projection commit (events of types a projection
+//! does not consume become final), and a notification can be lost across a reconnect.
 //!
 //! # Tenant scoping (two walls)
 //!
@@ -29,10 +34,15 @@
 //! `transaction_read_only` on; the policies of migration `20261123000030` then hide every other
 //! tenant's rows even from a query that forgot its filter, and nothing can be written.
 
+use std::collections::HashSet;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Postgres, Transaction};
+use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::QueryError;
 
@@ -64,6 +74,20 @@ impl Model {
             Model::Audit => "audit",
             Model::Store => "store",
         }
+    }
+
+    /// The projections, in the order of [`Reader`]'s published positions.
+    const PROJECTIONS: [Model; 5] = [
+        Model::Problems,
+        Model::Tasks,
+        Model::AgentSessions,
+        Model::Governance,
+        Model::Audit,
+    ];
+
+    /// Index into [`Model::PROJECTIONS`]; `None` for the store.
+    fn index(self) -> Option<usize> {
+        Model::PROJECTIONS.iter().position(|m| *m == self)
     }
 }
 
@@ -132,11 +156,25 @@ pub struct Reader {
     pool: PgPool,
     row_level_security: bool,
     wait: Duration,
-    problems: Option<Tracked>,
-    tasks: Option<Tracked>,
-    agent_sessions: Option<Tracked>,
-    governance: Option<Tracked>,
-    audit: Option<Tracked>,
+    /// Per projection (order of [`Model::PROJECTIONS`]).
+    tracked: Arc<[Option<Tracked>; 5]>,
+    progress: Arc<Progress>,
+}
+
+/// The follower's published positions and its lifetime.
+#[derive(Debug)]
+struct Progress {
+    /// Latest position read after a commit notification, per projection.
+    published: Arc<[watch::Sender<i64>; 5]>,
+    started: OnceLock<()>,
+    /// Cancelled when the last clone of the reader goes away.
+    stop: CancellationToken,
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 impl Reader {
@@ -146,11 +184,12 @@ impl Reader {
             pool,
             row_level_security,
             wait,
-            problems: tracked(Model::Problems),
-            tasks: tracked(Model::Tasks),
-            agent_sessions: tracked(Model::AgentSessions),
-            governance: tracked(Model::Governance),
-            audit: tracked(Model::Audit),
+            tracked: Arc::new(Model::PROJECTIONS.map(tracked)),
+            progress: Arc::new(Progress {
+                published: Arc::new(std::array::from_fn(|_| watch::Sender::new(0))),
+                started: OnceLock::new(),
+                stop: CancellationToken::new(),
+            }),
         }
     }
 
@@ -159,46 +198,10 @@ impl Reader {
         &self.pool
     }
 
-    fn tracked(&self, model: Model) -> Option<&Tracked> {
-        match model {
-            Model::Problems => self.problems.as_ref(),
-            Model::Tasks => self.tasks.as_ref(),
-            Model::AgentSessions => self.agent_sessions.as_ref(),
-            Model::Governance => self.governance.as_ref(),
-            Model::Audit => self.audit.as_ref(),
-            Model::Store => None,
-        }
-    }
-
     /// The position `model` reflects now.
     pub async fn current(&self, model: Model) -> Result<i64, QueryError> {
-        let position: Option<i64> = match self.tracked(model) {
-            Some(Tracked {
-                checkpoint,
-                types: Some(types),
-            }) => {
-                sqlx::query_scalar(TYPED_POSITION)
-                    .bind(checkpoint)
-                    .bind(types)
-                    .fetch_one(&self.pool)
-                    .await?
-            }
-            Some(Tracked {
-                checkpoint,
-                types: None,
-            }) => {
-                sqlx::query_scalar(ALL_POSITION)
-                    .bind(checkpoint)
-                    .fetch_one(&self.pool)
-                    .await?
-            }
-            None => {
-                sqlx::query_scalar(STORE_POSITION)
-                    .fetch_one(&self.pool)
-                    .await?
-            }
-        };
-        Ok(position.unwrap_or(0))
+        let tracked = model.index().and_then(|i| self.tracked[i].as_ref());
+        position(&self.pool, tracked).await
     }
 
     /// Waits until `model` reflects `min_position` (at most the configured deadline) and
@@ -206,6 +209,11 @@ impl Reader {
     pub async fn reach(&self, model: Model, min_position: i64) -> Result<i64, QueryError> {
         let deadline = Instant::now() + self.wait;
         let mut pause = Duration::from_millis(5);
+        // Subscribed before the first read: a commit after it is seen as a change.
+        let mut published = model.index().map(|i| {
+            self.follow_progress();
+            self.progress.published[i].subscribe()
+        });
         loop {
             let current = self.current(model).await?;
             if current >= min_position {
@@ -219,9 +227,40 @@ impl Reader {
                     current,
                 });
             }
-            tokio::time::sleep(pause.min(deadline - now)).await;
+            let recheck = tokio::time::sleep(pause.min(deadline - now));
+            let follower_gone = match published.as_mut() {
+                Some(rx) => {
+                    tokio::select! {
+                        reached = rx.wait_for(|p| *p >= min_position) => match reached {
+                            Ok(p) => return Ok(*p),
+                            // Cannot happen while `self` lives; polling alone still answers.
+                            Err(_) => true,
+                        },
+                        () = recheck => false,
+                    }
+                }
+                None => {
+                    recheck.await;
+                    false
+                }
+            };
+            if follower_gone {
+                published = None;
+            }
             pause = (pause * 2).min(Duration::from_millis(100));
         }
+    }
+
+    /// Starts the follower task once (needs a Tokio runtime, which every wait has).
+    fn follow_progress(&self) {
+        self.progress.started.get_or_init(|| {
+            tokio::spawn(follow(
+                self.pool.clone(),
+                Arc::clone(&self.tracked),
+                Arc::clone(&self.progress.published),
+                self.progress.stop.clone(),
+            ));
+        });
     }
 
     /// A read-only transaction scoped to `tenant` (row-level security when enabled).
@@ -245,5 +284,152 @@ impl Reader {
             .await?;
         tx.rollback().await?;
         Ok(())
+    }
+}
+
+/// The position a projection (or, for `None`, the store) reflects now: one statement.
+async fn position(pool: &PgPool, tracked: Option<&Tracked>) -> Result<i64, QueryError> {
+    let position: Option<i64> = match tracked {
+        Some(Tracked {
+            checkpoint,
+            types: Some(types),
+        }) => {
+            sqlx::query_scalar(TYPED_POSITION)
+                .bind(checkpoint)
+                .bind(types)
+                .fetch_one(pool)
+                .await?
+        }
+        Some(Tracked {
+            checkpoint,
+            types: None,
+        }) => {
+            sqlx::query_scalar(ALL_POSITION)
+                .bind(checkpoint)
+                .fetch_one(pool)
+                .await?
+        }
+        None => sqlx::query_scalar(STORE_POSITION).fetch_one(pool).await?,
+    };
+    Ok(position.unwrap_or(0))
+}
+
+/// Listens for projection commits and publishes the positions they move (see the module docs).
+async fn follow(
+    pool: PgPool,
+    tracked: Arc<[Option<Tracked>; 5]>,
+    published: Arc<[watch::Sender<i64>; 5]>,
+    stop: CancellationToken,
+) {
+    loop {
+        let listening = tokio::select! {
+            () = stop.cancelled() => return,
+            l = listen(&pool) => l,
+        };
+        let mut listener = match listening {
+            Ok(l) => l,
+            Err(sqlx::Error::PoolClosed) => return,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for projection progress; polling");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        loop {
+            let first = tokio::select! {
+                () = stop.cancelled() => return,
+                n = listener.recv() => n,
+            };
+            let mut named = HashSet::new();
+            match first {
+                Ok(n) => named.insert(n.payload().to_owned()),
+                Err(sqlx::Error::PoolClosed) => return,
+                Err(err) => {
+                    tracing::warn!(error = %err, "projection progress listener lost; reconnecting");
+                    break;
+                }
+            };
+            // Everything already received is covered by one read per projection.
+            while let Some(n) = listener.next_buffered() {
+                named.insert(n.payload().to_owned());
+            }
+            for (slot, sender) in tracked.iter().zip(published.iter()) {
+                let Some(t) = slot.as_ref().filter(|t| named.contains(&t.checkpoint)) else {
+                    continue;
+                };
+                match position(&pool, Some(t)).await {
+                    Ok(p) => {
+                        sender.send_if_modified(|current| {
+                            let newer = p > *current;
+                            if newer {
+                                *current = p;
+                            }
+                            newer
+                        });
+                    }
+                    Err(err) => tracing::debug!(error = %err, "reading a projection position"),
+                }
+            }
+        }
+    }
+}
+
+async fn listen(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(projections::PROGRESS_CHANNEL).await?;
+    Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use aggregates::task::Task;
+    use event_store::{EventStore, MIGRATOR};
+    use projections::testkit::{catch_up, create_task, exec, t0, uuid};
+
+    use super::*;
+
+    /// The published position is fed only by the follower, so reaching it proves that a
+    /// projection commit's notification arrived and moved it. The follower may start listening
+    /// after the first commits, so commits repeat (bounded) until one is seen.
+    #[sqlx::test(migrator = "MIGRATOR")]
+    async fn projection_commits_are_published_to_waiters(pool: PgPool) {
+        let store = EventStore::new(pool.clone());
+        let reader = Reader::new(pool, false, Duration::from_secs(1));
+        let tasks = Model::Tasks.index().unwrap();
+        let mut published = reader.progress.published[tasks].subscribe();
+        reader.follow_progress();
+        let projection = projections::models::by_name("tasks").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        for n in 1.. {
+            let id = uuid(n);
+            let position = exec::<Task>(
+                &store,
+                "acme",
+                id,
+                create_task(id, "ann", None, false),
+                t0(),
+                "ann",
+            )
+            .await
+            .last_position()
+            .0;
+            catch_up(&store, Arc::clone(&projection), 100).await;
+            let seen = tokio::time::timeout(
+                Duration::from_millis(500),
+                published.wait_for(|p| *p >= position),
+            )
+            .await;
+            if seen.is_ok_and(|r| r.is_ok()) {
+                let reached = reader.reach(Model::Tasks, position).await.unwrap();
+                assert!(reached >= position);
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no projection commit reached the reader's follower in 30 s"
+            );
+        }
     }
 }

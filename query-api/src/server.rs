@@ -13,7 +13,6 @@ use schemas::v1::problem_queries_server::ProblemQueriesServer;
 use schemas::v1::summary_queries_server::SummaryQueriesServer;
 use schemas::v1::task_queries_server::TaskQueriesServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::reader::Reader;
 use crate::service::QueryService;
@@ -124,7 +123,7 @@ pub async fn serve(
         )
         .add_service(AuditQueriesServer::from_arc(service.clone()).max_decoding_message_size(limit))
         .add_service(HistoryQueriesServer::from_arc(service).max_decoding_message_size(limit))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining);
+        .serve_with_incoming_shutdown(schemas::runtime::incoming(listener), draining);
     // Bounded: idle client connections must not keep a stopping server alive.
     schemas::runtime::drain_within(server, began).await?;
     Ok(())

@@ -1,5 +1,5 @@
-//! Process plumbing both gRPC services share: the shutdown signal, a bounded drain, and the
-//! Prometheus endpoint.
+//! Process plumbing both gRPC services share: the accepted-connection stream, the shutdown
+//! signal, a bounded drain, and the Prometheus endpoint.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,6 +17,15 @@ pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
 const SECONDS_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+
+/// The connections a gRPC server accepts on `listener`, with `TCP_NODELAY` set.
+///
+/// tonic's own `tcp_nodelay` applies only when it binds the socket itself; on a listener the
+/// caller bound, Nagle's algorithm stays on, and a response spanning several segments then
+/// waits for the client's delayed ACK (40 ms on Linux): a 50-row `ListTasks` page took 44 ms.
+pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
 
 /// Installs the global metrics recorder and serves `GET /metrics` (Prometheus text format) on
 /// `addr`. Must run inside a tokio runtime; a process can install only one recorder.

@@ -10,8 +10,11 @@
 //!    `esrs`. A fresh database per run; stores are interleaved per concurrency level.
 //! 2. **Rebuild** of every projection from stored events (`projections::rebuild`) against a
 //!    raw batched read + set-based upsert floor.
-//! 3. **End to end**: gRPC `CreateTask` against the `annals-command-api` binary (child process
-//!    on 127.0.0.1), rate and latency, and the server's peak RSS.
+//! 3. **End to end**: `annals-command-api`, `annals-projections` and `annals-query-api` as
+//!    child processes on 127.0.0.1: gRPC `CreateTask` rate and latency at concurrency 8 and 64,
+//!    `GetTask`/`ListTasks` latency, append-to-visible lag at half the best command rate, each
+//!    process's peak RSS, and a streamed 1,000,000-row audit export with the query API's memory
+//!    growth (see [`e2e`]).
 //! 4. **Kafka**: the outbox relay against a plain idempotent rdkafka producer on tansu.
 //!
 //! Every run has a fixed number of operations after a warm-up (bounded loops, loopback only);
@@ -27,7 +30,7 @@
 //! - [`db`]: fresh databases per run on one server.
 //! - [`stores`]: the append contenders behind one `append(op, events)`.
 //! - [`rebuild`]: seeding with the real task aggregate, rebuild and its floor.
-//! - [`e2e`]: the command API as a child process, gRPC load, peak RSS.
+//! - [`e2e`]: the three servers as child processes, gRPC load, lag, queries, RSS, export.
 //! - [`kafka`]: relay against plain producer.
 //! - [`report`]: the JSON report, the targets and the markdown table.
 

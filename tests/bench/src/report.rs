@@ -153,11 +153,33 @@ impl Report {
             rb,
             |r| r >= 0.5,
         ));
+        let lag_p99 = self
+            .e2e
+            .as_ref()
+            .and_then(|e| e.lag.as_ref())
+            .and_then(|l| l.visible.p99_ms);
         t.push(Target {
             name: "append-to-visible p99 at half load".into(),
             goal: "< 50 ms".into(),
-            measured: "not measured yet".into(),
-            met: None,
+            measured: lag_p99.map_or("not measured".into(), |v| format!("{} ms", fmt_ms(Some(v)))),
+            met: lag_p99.map(|v| v < 50.0),
+        });
+        let growth = self
+            .e2e
+            .as_ref()
+            .and_then(|e| e.export.as_ref())
+            .map(|x| (x.rows, x.growth_mib));
+        t.push(Target {
+            name: growth.map_or("audit export: query API RSS growth".into(), |(rows, _)| {
+                format!(
+                    "audit export of {} rows: query API RSS growth",
+                    fmt_rate(rows as f64)
+                )
+            }),
+            goal: "< 50 MB".into(),
+            measured: growth.map_or("not measured".into(), |(_, g)| format!("{g:.1} MiB")),
+            // 50 MB = 47.7 MiB.
+            met: growth.map(|(_, g)| g * 1024.0 * 1024.0 < 50e6),
         });
         self.targets = t;
     }
@@ -234,25 +256,76 @@ impl Report {
         if let Some(e) = &self.e2e {
             let _ = writeln!(
                 s,
-                "| gRPC `CreateTask` (child process, pool {}) | commands/s | p50 ms | p99 ms |\n| --- | ---: | ---: | ---: |",
-                e.server_pool_size
+                "| gRPC, three server processes on loopback | conc. | ops/s | p50 ms | p99 ms |\n\
+                 | --- | ---: | ---: | ---: | ---: |"
             );
             for c in &e.commands {
                 let _ = writeln!(
                     s,
-                    "| concurrency {} | {} | {} | {} |",
+                    "| `CreateTask` (command API pool {}) | {} | {} | {} | {} |",
+                    e.server_pool_size,
                     c.concurrency,
                     fmt_rate(c.measurement.ops_per_sec),
                     fmt_ms(c.measurement.p50_ms),
                     fmt_ms(c.measurement.p99_ms)
                 );
             }
-            let _ = writeln!(
-                s,
-                "\nCommand API peak RSS (VmHWM) after the load: {}.\n",
-                e.command_api_peak_rss_mib
-                    .map_or("unknown".into(), |v| format!("{v:.1} MiB"))
-            );
+            for q in &e.queries {
+                let _ = writeln!(
+                    s,
+                    "| `{}` | {} | {} | {} | {} |",
+                    q.rpc,
+                    q.concurrency,
+                    fmt_rate(q.measurement.ops_per_sec),
+                    fmt_ms(q.measurement.p50_ms),
+                    fmt_ms(q.measurement.p99_ms)
+                );
+            }
+            if let Some(l) = &e.lag {
+                let _ = writeln!(
+                    s,
+                    "| `CreateTask` at half load (asked {}/s) | open loop | {} | {} | {} |",
+                    fmt_rate(l.target_rate),
+                    fmt_rate(l.commands.ops_per_sec),
+                    fmt_ms(l.commands.p50_ms),
+                    fmt_ms(l.commands.p99_ms)
+                );
+                let _ = writeln!(
+                    s,
+                    "| append-to-visible lag (reply -> `GetTask` at its position answers) | same | – | {} | {} |",
+                    fmt_ms(l.visible.p50_ms),
+                    fmt_ms(l.visible.p99_ms)
+                );
+            }
+            let rss = e
+                .peak_rss
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{} {}",
+                        p.process,
+                        p.peak_rss_mib
+                            .map_or("unknown".into(), |v| format!("{v:.1} MiB"))
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let _ = writeln!(s, "\nPeak RSS (VmHWM) after the load: {rss}.");
+            if let Some(x) = &e.export {
+                let _ = writeln!(
+                    s,
+                    "Audit export (`ExportAuditTrail`, streamed): {} rows in {:.1} s ({} rows/s); \
+                     query API RSS {:.1} MiB before, {:.1} MiB at most while streaming \
+                     (+{:.1} MiB).",
+                    fmt_rate(x.rows as f64),
+                    x.seconds,
+                    fmt_rate(x.rows_per_sec),
+                    x.rss_before_mib,
+                    x.rss_peak_mib,
+                    x.growth_mib
+                );
+            }
+            s.push('\n');
         }
         if let Some(k) = &self.kafka {
             let _ = writeln!(
