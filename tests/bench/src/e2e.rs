@@ -680,6 +680,12 @@ async fn export(stack: &Stack, rows: u64) -> anyhow::Result<ExportRun> {
     .execute(&stack.pool)
     .await
     .context("seeding audit rows")?;
+    // Autovacuum analyzes a table that grew this much within a minute or so; the export starts
+    // at once, and on the stale statistics of the empty table the planner sorts every remaining
+    // row for each page. A real audit log grows gradually and is analyzed as it grows.
+    sqlx::query("ANALYZE audit_log")
+        .execute(&stack.pool)
+        .await?;
     let pid = stack.query.pid();
     let rss_before_mib = rss_mib(pid).context("reading the query API's RSS")?;
     let done = Arc::new(AtomicBool::new(false));
