@@ -43,6 +43,56 @@ impl Server {
         Ok(v)
     }
 
+    /// Whether autovacuum is on (`SHOW autovacuum`).
+    pub async fn autovacuum(&self) -> anyhow::Result<bool> {
+        let mut c = self.admin_conn().await?;
+        let v: String = sqlx::query_scalar("SHOW autovacuum")
+            .fetch_one(&mut c)
+            .await?;
+        c.close().await?;
+        Ok(v == "on")
+    }
+
+    /// Stands in for autovacuum's analyze on a server that runs without it: every `every`,
+    /// `ANALYZE` in each database of this harness, until `stop`.
+    ///
+    /// Every workload starts from empty tables and grows them by thousands of rows a second.
+    /// Without fresh statistics, prepared statements keep the generic plans they got while the
+    /// tables were empty (sequential scans, sorts of whole tables), and the benchmark would
+    /// measure a misconfigured server rather than the code. Every contender runs under the same
+    /// analyzer.
+    pub async fn analyze_until(&self, every: Duration, stop: tokio_util::sync::CancellationToken) {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            if let Err(err) = self.analyze_all().await {
+                tracing::warn!(error = %err, "stand-in analyze failed");
+            }
+        }
+    }
+
+    async fn analyze_all(&self) -> anyhow::Result<()> {
+        // One-connection pools: a borrowed `PgConnection` across awaits trips the compiler's
+        // `Send` inference for the spawned task.
+        let admin = pool(&self.admin, 1).await?;
+        let names: Vec<String> =
+            sqlx::query_scalar("SELECT datname FROM pg_database WHERE starts_with(datname, $1)")
+                .bind(format!("{}_", self.prefix))
+                .fetch_all(&admin)
+                .await?;
+        admin.close().await;
+        for name in names {
+            // A database dropped in between is not an error worth reporting.
+            if let Ok(db) = pool(&self.admin.clone().database(&name), 1).await {
+                let _ = sqlx::raw_sql("ANALYZE").execute(&db).await;
+                db.close().await;
+            }
+        }
+        Ok(())
+    }
+
     /// Drops and recreates the database `<prefix>_<name>`; returns its connect options.
     pub async fn fresh(&self, name: &str) -> anyhow::Result<PgConnectOptions> {
         let db = format!("{}_{}", self.prefix, name);

@@ -130,6 +130,16 @@ async fn main() -> anyhow::Result<()> {
         targets: Vec::new(),
         harness_peak_rss_mib: None,
     };
+    let analyzer_stop = tokio_util::sync::CancellationToken::new();
+    let analyzer = (!report.machine.autovacuum).then(|| {
+        eprintln!("== autovacuum is off on this server: ANALYZE every 10 s stands in for it");
+        let (server, stop) = (server.clone(), analyzer_stop.clone());
+        tokio::spawn(async move {
+            server
+                .analyze_until(std::time::Duration::from_secs(10), stop)
+                .await;
+        })
+    });
 
     for (workload, events, levels) in [
         ("single", 1usize, vec![1usize, 8, 64]),
@@ -297,6 +307,10 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
+    analyzer_stop.cancel();
+    if let Some(analyzer) = analyzer {
+        let _ = analyzer.await;
+    }
     report.harness_peak_rss_mib = e2e::peak_rss_mib(std::process::id());
     report.evaluate();
     let md = report.markdown();
@@ -335,5 +349,6 @@ async fn machine(server: &db::Server) -> anyhow::Result<Machine> {
             .unwrap_or_default()
             .trim()
             .to_owned(),
+        autovacuum: server.autovacuum().await?,
     })
 }

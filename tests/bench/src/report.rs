@@ -21,6 +21,9 @@ pub struct Machine {
     pub postgres: String,
     /// Kernel release.
     pub kernel: String,
+    /// Whether the server runs autovacuum; when it does not, the harness runs `ANALYZE` every
+    /// 10 s in its place (see `db::Server::analyze_until`).
+    pub autovacuum: bool,
 }
 
 /// One append run.
@@ -190,12 +193,17 @@ impl Report {
         let m = &self.machine;
         let _ = writeln!(
             s,
-            "Profile `{}`, {}; {} CPUs, {:.1} GiB RAM, PostgreSQL {}, Linux {}{}.\n",
+            "Profile `{}`, {}; {} CPUs, {:.1} GiB RAM, PostgreSQL {}{}, Linux {}{}.\n",
             self.profile,
             self.started_at,
             m.cpus,
             m.memory_gib,
             m.postgres,
+            if m.autovacuum {
+                ""
+            } else {
+                " (autovacuum off: the harness ran ANALYZE every 10 s in its place)"
+            },
             m.kernel,
             self.git_commit
                 .as_ref()
