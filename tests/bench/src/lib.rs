@@ -17,6 +17,9 @@
 //!    growth (see [`e2e`]).
 //! 4. **Kafka**: the outbox relay against a plain idempotent rdkafka producer on tansu.
 //!
+//! On a server without autovacuum, `ANALYZE` runs every 10 s in its place for every contender
+//! (see [`db::Server::analyze_until`]) and the report says so.
+//!
 //! Every run has a fixed number of operations after a warm-up (bounded loops, loopback only);
 //! latencies go into HDR histograms. `--quick` (default) finishes in minutes on 2 cores;
 //! `--full` runs 4× the operations. Results: `<out>/results.json` and `<out>/results.md`, and
