@@ -33,6 +33,7 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "warn,rdkafka=error".into()),
         )
+        .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
     let pool = PgPoolOptions::new()

@@ -84,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,sqlx=warn".into()),
         )
+        .with_writer(std::io::stderr)
         .init();
     let pool = PgPoolOptions::new()
         .max_connections(cli.pool_size)

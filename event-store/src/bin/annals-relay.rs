@@ -66,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,rdkafka=warn".into()),
         )
+        .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
     metrics_exporter_prometheus::PrometheusBuilder::new()

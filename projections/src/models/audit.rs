@@ -83,19 +83,11 @@ impl Projection for AuditProjection {
         .bind(meta.client_ip.as_deref())
         .bind(meta.user_agent.as_deref())
         .bind(event.recorded_at)
-        .bind(hex_hash(&event.hash))
+        .bind(hex::encode(event.hash))
         .execute(conn)
         .await?;
         Ok(())
     }
-}
-
-fn hex_hash(hash: &[u8; 32]) -> String {
-    use std::fmt::Write;
-    hash.iter().fold(String::with_capacity(64), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 /// Flattens a payload into dotted field names (see the module docs).
