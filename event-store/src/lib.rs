@@ -84,16 +84,17 @@ pub use verify::{TamperKind, Tampering, VerifyReport};
 /// Every migration of the workspace (event store and read models), embedded at compile time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
-/// Applies all pending migrations; safe to call from every process at start.
+/// Applies all pending migrations, then warns when the server runs without autovacuum; safe to
+/// call from every process at start.
 pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), StoreError> {
     MIGRATOR.run(pool).await?;
     // Every binary migrates at start, so this is where a server setting that quietly degrades
     // every query is worth a warning: without autovacuum, statistics of tables that grew from
     // empty stay those of empty tables, and cached plans scan whole tables.
-    let autovacuum: Option<String> = sqlx::query_scalar("SELECT current_setting('autovacuum')")
-        .fetch_optional(pool)
+    let autovacuum: String = sqlx::query_scalar("SELECT current_setting('autovacuum')")
+        .fetch_one(pool)
         .await?;
-    if autovacuum.as_deref() == Some("off") {
+    if autovacuum == "off" {
         tracing::warn!(
             "autovacuum is off on this Postgres server: table statistics go stale and queries \
              slow down as tables grow; turn it on, or run ANALYZE regularly"

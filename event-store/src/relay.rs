@@ -436,8 +436,20 @@ impl Relay {
         known: &mut HashSet<String>,
         stream_types: &[String],
     ) -> Result<(), StoreError> {
-        if !self.config.create_topics {
-            known.extend(stream_types.iter().cloned());
+        if self.config.create_topics {
+            let unknown: Vec<&String> = stream_types
+                .iter()
+                .filter(|t| !known.contains(*t))
+                .collect();
+            self.create_missing_topics(&unknown).await?;
+        }
+        known.extend(stream_types.iter().cloned());
+        Ok(())
+    }
+
+    /// Creates the topics of `stream_types` that the broker does not list.
+    async fn create_missing_topics(&self, stream_types: &[&String]) -> Result<(), StoreError> {
+        if stream_types.is_empty() {
             return Ok(());
         }
         let admin: AdminClient<DefaultClientContext> = self.config.client_config().create()?;
@@ -446,12 +458,10 @@ impl Relay {
         let (admin, existing) = listed_topics(admin).await?;
         let names: Vec<String> = stream_types
             .iter()
-            .filter(|t| !known.contains(*t))
             .map(|t| topic_for(&self.config.topic_prefix, t))
             .filter(|topic| !existing.contains(topic))
             .collect();
         if names.is_empty() {
-            known.extend(stream_types.iter().cloned());
             return Ok(());
         }
         let new_topics: Vec<NewTopic<'_>> = names
@@ -488,7 +498,6 @@ impl Relay {
                 tracing::debug!(error = %err, "create-topics reply unreadable; every topic is listed");
             }
         }
-        known.extend(stream_types.iter().cloned());
         Ok(())
     }
 }

@@ -228,24 +228,14 @@ impl Reader {
                 });
             }
             let recheck = tokio::time::sleep(pause.min(deadline - now));
-            let follower_gone = match published.as_mut() {
-                Some(rx) => {
-                    tokio::select! {
-                        reached = rx.wait_for(|p| *p >= min_position) => match reached {
-                            Ok(p) => return Ok(*p),
-                            // Cannot happen while `self` lives; polling alone still answers.
-                            Err(_) => true,
-                        },
-                        () = recheck => false,
-                    }
-                }
-                None => {
-                    recheck.await;
-                    false
-                }
-            };
-            if follower_gone {
-                published = None;
+            match published.as_mut() {
+                // `wait_for` fails only when the senders are gone, which `self` prevents; the
+                // branch would then be disabled and the re-read still answer.
+                Some(rx) => tokio::select! {
+                    Ok(p) = rx.wait_for(|p| *p >= min_position) => return Ok(*p),
+                    () = recheck => {}
+                },
+                None => recheck.await,
             }
             pause = (pause * 2).min(Duration::from_millis(100));
         }

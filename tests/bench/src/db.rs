@@ -33,24 +33,25 @@ impl Server {
             .context("connecting to the benchmark server")
     }
 
-    /// `SELECT version()` of the server.
-    pub async fn version(&self) -> anyhow::Result<String> {
+    /// A server setting (`current_setting(name)`).
+    async fn setting(&self, name: &str) -> anyhow::Result<String> {
         let mut c = self.admin_conn().await?;
-        let v: String = sqlx::query_scalar("SHOW server_version")
+        let v: String = sqlx::query_scalar("SELECT current_setting($1)")
+            .bind(name)
             .fetch_one(&mut c)
             .await?;
         c.close().await?;
         Ok(v)
     }
 
-    /// Whether autovacuum is on (`SHOW autovacuum`).
+    /// The server's version (`server_version`).
+    pub async fn version(&self) -> anyhow::Result<String> {
+        self.setting("server_version").await
+    }
+
+    /// Whether autovacuum is on.
     pub async fn autovacuum(&self) -> anyhow::Result<bool> {
-        let mut c = self.admin_conn().await?;
-        let v: String = sqlx::query_scalar("SHOW autovacuum")
-            .fetch_one(&mut c)
-            .await?;
-        c.close().await?;
-        Ok(v == "on")
+        Ok(self.setting("autovacuum").await? == "on")
     }
 
     /// Stands in for autovacuum's analyze on a server that runs without it: every `every`,
