@@ -35,6 +35,27 @@ pub enum StoreError {
         command_id: Uuid,
     },
 
+    /// The stream exists under another tenant or stream type; nothing was written.
+    #[error("stream {stream_id} belongs to another tenant or stream type")]
+    ForeignStream {
+        /// The stream.
+        stream_id: String,
+    },
+
+    /// The newest stored event was written by a transaction id this Postgres server has not
+    /// reached: the database was restored or replicated into another cluster. Appends refuse
+    /// until [`crate::EventStore::rebase_positions`] starts a new position epoch.
+    #[error(
+        "stored events are ahead of this database server's transaction ids (restored into \
+         another cluster?); run `annals store rebase-positions` once"
+    )]
+    PositionsBehind,
+
+    /// The append was called where positions cannot be assigned in commit order: inside a
+    /// transaction that already wrote, or under an isolation level other than READ COMMITTED.
+    #[error("append refused: {0}")]
+    WrongTransaction(&'static str),
+
     /// An event id that is already stored was appended again.
     #[error("an event id of this batch already exists")]
     DuplicateEventId,
@@ -107,6 +128,14 @@ impl From<sqlx::Error> for StoreError {
             Some("ANC01") => Self::CommandIdReused {
                 command_id: Uuid::nil(),
             },
+            Some("ANS01") => Self::ForeignStream {
+                stream_id: String::new(),
+            },
+            Some("ANR01") => Self::PositionsBehind,
+            Some("ANX01") => {
+                Self::WrongTransaction("the transaction already holds a transaction id")
+            }
+            Some("ANX02") => Self::WrongTransaction("the isolation level is not READ COMMITTED"),
             Some("ANA01") => Self::InvalidInput {
                 field: "batch",
                 reason: "malformed append arguments".into(),

@@ -44,10 +44,15 @@ pub fn event_hash(prev: &[u8; 32], event: &RecordedEvent) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// Hash of a request, used as the idempotency fingerprint of a batch.
-pub(crate) fn fingerprint(batch: &crate::types::AppendBatch) -> [u8; 32] {
+/// Hash of a request, used as the idempotency fingerprint of a batch; `metadata` is the batch's
+/// metadata as stored.
+pub(crate) fn fingerprint(batch: &crate::types::AppendBatch, metadata: &str) -> [u8; 32] {
     let mut h = Sha256::new();
-    h.update(b"annals.request.v1");
+    // v2: the tenant and the metadata (actor, correlation, causation, client) are part of "the
+    // same request", so a command id reused by another tenant or actor is refused, not replayed.
+    h.update(b"annals.request.v2");
+    put_str(&mut h, &batch.metadata.tenant);
+    put_str(&mut h, metadata);
     for s in &batch.streams {
         put_str(&mut h, s.stream_id.as_str());
         put_str(&mut h, &s.stream_type);

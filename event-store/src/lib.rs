@@ -70,16 +70,18 @@ mod subscription;
 pub mod types;
 mod verify;
 mod verify_range;
+pub mod writer;
 
 pub use error::StoreError;
 pub use notify::Waker;
-pub use store::{EventStore, load_checkpoint, save_checkpoint};
+pub use store::{EventStore, PositionEpoch, load_checkpoint, save_checkpoint};
 pub use subscription::{NOTIFY_CHANNEL, Subscription, SubscriptionOptions};
 pub use types::{
     AllBatch, AppendBatch, AppendResult, AppendedEvent, Direction, ExpectedVersion, Metadata,
     NewEvent, Position, RecordedEvent, StreamAppend, StreamHead, StreamId, StreamVersion,
 };
 pub use verify::{TamperKind, Tampering, VerifyReport};
+pub use writer::{GroupCommitOptions, GroupCommitStats};
 
 /// Every migration of the workspace (event store and read models), embedded at compile time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

@@ -17,6 +17,36 @@ use crate::types::{
     AllBatch, AppendBatch, AppendResult, Direction, MAX_EVENTS_PER_APPEND, Position, RecordedEvent,
     StreamHead, StreamId, check_name,
 };
+use crate::writer::{GroupCommitOptions, GroupCommitStats, GroupWriter, Prepared};
+
+/// A command's stored result: the JSON kept for commands logged before group commit, else its
+/// events, which occupy a contiguous range of positions.
+const LOGGED_COMMAND: &str = "\
+    SELECT cl.fingerprint, coalesce(cl.result::text, (
+             SELECT jsonb_build_object(
+                      'events', jsonb_agg(jsonb_build_object(
+                          'event_id', ev.event_id, 'stream_id', ev.stream_id,
+                          'stream_version', ev.stream_version,
+                          'global_position', ev.global_position) ORDER BY ev.global_position),
+                      'recorded_at', min(ev.recorded_at))::text
+               FROM events ev
+              WHERE ev.global_position >= cl.first_position
+                AND ev.global_position < cl.first_position + cl.event_count))
+      FROM command_log cl WHERE cl.command_id = $1";
+
+const REBASE_POSITIONS: &str =
+    "SELECT epoch, xid_offset, floor_position FROM annals_rebase_positions()";
+
+/// A position epoch started by [`EventStore::rebase_positions`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PositionEpoch {
+    /// Its number (1 for the first rebase).
+    pub epoch: i32,
+    /// What is added to each new transaction id before it becomes a position.
+    pub xid_offset: i64,
+    /// Every event below this position was committed when the epoch began.
+    pub floor: Position,
+}
 
 /// Columns of a [`RecordedEvent`], as read by [`decode_event`]. A macro so that queries stay
 /// `&'static str` literals built with `concat!`, never formatted at run time.
@@ -29,20 +59,32 @@ macro_rules! event_columns {
 }
 pub(crate) use event_columns;
 
-/// The Postgres event store. Cheap to clone (it shares the pool).
+/// The Postgres event store. Cheap to clone (clones share the pool and the group writer).
 #[derive(Debug, Clone)]
 pub struct EventStore {
     pool: PgPool,
-    waker: Arc<Waker>,
+    writer: Arc<GroupWriter>,
 }
 
 impl EventStore {
-    /// A store over `pool`; the schema must be migrated (see [`crate::migrate`]).
+    /// A store over `pool` with the default [`GroupCommitOptions`]; the schema must be migrated
+    /// (see [`crate::migrate`]).
     pub fn new(pool: PgPool) -> Self {
+        Self::with_options(pool, GroupCommitOptions::default())
+    }
+
+    /// A store over `pool` grouping concurrent appends as `options` says.
+    pub fn with_options(pool: PgPool, options: GroupCommitOptions) -> Self {
+        let waker = Arc::new(Waker::new(NOTIFY_CHANNEL, ""));
         Self {
+            writer: Arc::new(GroupWriter::new(pool.clone(), options, waker)),
             pool,
-            waker: Arc::new(Waker::new(NOTIFY_CHANNEL, "")),
         }
+    }
+
+    /// How many group transactions and appends this store (and its clones) sent so far.
+    pub fn group_commit_stats(&self) -> GroupCommitStats {
+        self.writer.stats()
     }
 
     /// The underlying pool.
@@ -51,11 +93,13 @@ impl EventStore {
     }
 
     /// Appends a batch atomically: every stream's expected version is checked and every event
-    /// is written in one transaction (one round trip), or nothing is written.
+    /// is written in one transaction, or nothing is written.
     ///
-    /// With a command id, a retry with the same request returns the original result (with
-    /// `replayed = true`) and appends nothing; a different request under the same id fails
-    /// with [`StoreError::CommandIdReused`].
+    /// Concurrent appends share transactions (group commit, see [`crate::writer`]); each keeps
+    /// its own outcome. With a command id, a retry with the same request returns the original
+    /// result (with `replayed = true`) and appends nothing; a different request under the same
+    /// id fails with [`StoreError::CommandIdReused`]. An existing stream of another tenant or
+    /// stream type fails with [`StoreError::ForeignStream`].
     #[instrument(name = "event_store.append", skip_all, fields(
         streams = batch.streams.len(),
         events = tracing::field::Empty,
@@ -64,39 +108,19 @@ impl EventStore {
     ))]
     pub async fn append(&self, batch: AppendBatch) -> Result<AppendResult, StoreError> {
         let started = Instant::now();
-        let args = AppendArgs::build(&batch)?;
-        tracing::Span::current().record("events", args.ev_ids.len());
-
-        let outcome = sqlx::query_scalar::<_, sqlx::types::Json<AppendResult>>(
-            "SELECT annals_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        )
-        .bind(batch.command_id)
-        .bind(args.fingerprint.as_ref().map(|f| f.as_slice()))
-        .bind(&batch.metadata.tenant)
-        .bind(&args.stream_ids)
-        .bind(&args.stream_types)
-        .bind(&args.expected)
-        .bind(&args.ev_stream)
-        .bind(&args.ev_ids)
-        .bind(&args.ev_types)
-        .bind(&args.ev_schema_versions)
-        .bind(&args.ev_payloads)
-        .bind(&args.metadata)
-        .fetch_one(&self.pool)
-        .await
-        .map(|json| json.0)
-        .map_err(|e| match StoreError::from(e) {
-            StoreError::CommandIdReused { .. } => StoreError::CommandIdReused {
-                command_id: batch.command_id.unwrap_or_default(),
-            },
-            other => other,
-        });
+        let prepared = prepare(&batch)?;
+        tracing::Span::current().record("events", prepared.ev_ids.len());
+        let outcome = self.writer.append(prepared).await;
 
         let outcome_label = match &outcome {
             Ok(r) if r.replayed => "replayed",
             Ok(_) => "appended",
             Err(StoreError::WrongExpectedVersion { .. }) => "conflict",
-            Err(StoreError::CommandIdReused { .. } | StoreError::DuplicateEventId) => "refused",
+            Err(
+                StoreError::CommandIdReused { .. }
+                | StoreError::DuplicateEventId
+                | StoreError::ForeignStream { .. },
+            ) => "refused",
             Err(_) => "error",
         };
         metrics::histogram!("annals_append_duration_seconds", "outcome" => outcome_label)
@@ -105,10 +129,25 @@ impl EventStore {
         if let Ok(r) = &outcome
             && !r.replayed
         {
-            self.waker.wake(&self.pool);
             metrics::counter!("annals_events_appended_total").increment(r.events.len() as u64);
         }
         outcome
+    }
+
+    /// Starts a new position epoch (SQL `annals_rebase_positions()`): after the database was
+    /// restored or replicated into another Postgres cluster, whose transaction ids are behind the
+    /// stored ones, appends refuse with [`StoreError::PositionsBehind`] until this runs. New
+    /// positions then follow every stored one; nothing stored is rewritten. Safe to run at any
+    /// time (it waits for running appends).
+    pub async fn rebase_positions(&self) -> Result<PositionEpoch, StoreError> {
+        let (epoch, xid_offset, floor) = sqlx::query_as::<_, (i32, i64, i64)>(REBASE_POSITIONS)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(PositionEpoch {
+            epoch,
+            xid_offset,
+            floor: Position(floor),
+        })
     }
 
     /// The stored result of a command that already appended, if any. Command handlers check
@@ -137,21 +176,16 @@ impl EventStore {
         command_id: Uuid,
         fingerprint: Option<[u8; 32]>,
     ) -> Result<Option<AppendResult>, StoreError> {
-        let row = sqlx::query_as::<_, (Vec<u8>, sqlx::types::Json<AppendResult>)>(
-            "SELECT fingerprint, result FROM command_log WHERE command_id = $1",
-        )
-        .bind(command_id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query_as::<_, (Vec<u8>, String)>(LOGGED_COMMAND)
+            .bind(command_id)
+            .fetch_optional(&self.pool)
+            .await?;
         match row {
             None => Ok(None),
             Some((stored, _)) if fingerprint.is_some_and(|f| stored.as_slice() != f.as_slice()) => {
                 Err(StoreError::CommandIdReused { command_id })
             }
-            Some((_, json)) => Ok(Some(AppendResult {
-                replayed: true,
-                ..json.0
-            })),
+            Some((_, detail)) => crate::writer::replayed(&detail).map(Some),
         }
     }
 
@@ -280,16 +314,20 @@ where
 {
     // `deliverable` compares the row's xid with the xmin of this statement's own snapshot, so
     // visibility and the cut-off come from the same instant.
+    // Below the current epoch's floor every event is known to be committed (see
+    // `annals_rebase_positions`); restored rows there carry xids of another cluster.
     const ALL: &str = concat!(
         "SELECT ",
         event_columns!(),
-        ", tx_id < pg_snapshot_xmin(pg_current_snapshot()) AS deliverable \
+        ", (global_position < annals_delivery_floor() \
+            OR tx_id < pg_snapshot_xmin(pg_current_snapshot())) AS deliverable \
          FROM events WHERE global_position > $1 ORDER BY global_position LIMIT $2"
     );
     const OF_TYPES: &str = concat!(
         "SELECT ",
         event_columns!(),
-        ", tx_id < pg_snapshot_xmin(pg_current_snapshot()) AS deliverable \
+        ", (global_position < annals_delivery_floor() \
+            OR tx_id < pg_snapshot_xmin(pg_current_snapshot())) AS deliverable \
          FROM events WHERE global_position > $1 AND stream_type = ANY($3) \
          ORDER BY global_position LIMIT $2"
     );
@@ -355,95 +393,91 @@ fn to_hash(bytes: Vec<u8>) -> Result<[u8; 32], StoreError> {
     <[u8; 32]>::try_from(bytes).map_err(|_| StoreError::Corrupt("hash is not 32 bytes".into()))
 }
 
-/// The batch flattened into the parallel arrays `annals_append` takes.
-struct AppendArgs {
-    fingerprint: Option<[u8; 32]>,
-    stream_ids: Vec<String>,
-    stream_types: Vec<String>,
-    expected: Vec<i64>,
-    ev_stream: Vec<i32>,
-    ev_ids: Vec<Uuid>,
-    ev_types: Vec<String>,
-    ev_schema_versions: Vec<i32>,
-    ev_payloads: Vec<String>,
-    metadata: String,
-}
-
-impl AppendArgs {
-    /// Validates the batch and flattens it; every refusal here writes nothing.
-    fn build(batch: &AppendBatch) -> Result<Self, StoreError> {
-        let invalid = |field, reason: &str| StoreError::InvalidInput {
-            field,
-            reason: reason.into(),
-        };
-        if batch.streams.is_empty() {
-            return Err(invalid("streams", "a batch needs at least one stream"));
-        }
-        check_name("tenant", &batch.metadata.tenant)?;
-        check_name("actor", &batch.metadata.actor)?;
-        check_name("actor_type", &batch.metadata.actor_type)?;
-        let total: usize = batch.streams.iter().map(|s| s.events.len()).sum();
-        if total > MAX_EVENTS_PER_APPEND {
-            return Err(StoreError::InvalidInput {
-                field: "events",
-                reason: format!("at most {MAX_EVENTS_PER_APPEND} events per append"),
-            });
-        }
-
-        let mut seen = HashSet::with_capacity(batch.streams.len());
-        let mut args = Self {
-            fingerprint: batch.command_id.map(|_| {
-                batch
-                    .fingerprint
-                    .unwrap_or_else(|| hash::fingerprint(batch))
-            }),
-            stream_ids: Vec::with_capacity(batch.streams.len()),
-            stream_types: Vec::with_capacity(batch.streams.len()),
-            expected: Vec::with_capacity(batch.streams.len()),
-            ev_stream: Vec::with_capacity(total),
-            ev_ids: Vec::with_capacity(total),
-            ev_types: Vec::with_capacity(total),
-            ev_schema_versions: Vec::with_capacity(total),
-            ev_payloads: Vec::with_capacity(total),
-            metadata: serde_json::to_string(&batch.metadata).map_err(|e| {
-                StoreError::InvalidInput {
-                    field: "metadata",
-                    reason: e.to_string(),
-                }
-            })?,
-        };
-        for (index, stream) in batch.streams.iter().enumerate() {
-            if !seen.insert(stream.stream_id.as_str()) {
-                return Err(invalid(
-                    "streams",
-                    "a stream may appear only once per batch",
-                ));
-            }
-            if stream.events.is_empty() {
-                return Err(invalid(
-                    "events",
-                    "every stream of a batch needs at least one event",
-                ));
-            }
-            check_name("stream_type", &stream.stream_type)?;
-            args.stream_ids.push(stream.stream_id.as_str().to_owned());
-            args.stream_types.push(stream.stream_type.clone());
-            args.expected.push(stream.expected.to_sql()?);
-            // The index is 1-based in SQL; `total` is bounded above, so it fits.
-            let sql_index = i32::try_from(index + 1).unwrap_or(i32::MAX);
-            for event in &stream.events {
-                check_name("event_type", &event.event_type)?;
-                let schema_version = i32::try_from(event.schema_version)
-                    .ok()
-                    .filter(|v| *v > 0)
-                    .ok_or_else(|| invalid("schema_version", "must be between 1 and 2^31-1"))?;
-                args.ev_stream.push(sql_index);
-                args.ev_ids.push(event.event_id);
-                args.ev_types.push(event.event_type.clone());
-                args.ev_schema_versions.push(schema_version);
-                args.ev_payloads.push(event.payload.to_string());
-            }
-        }
-        Ok(args)
+/// Validates a batch and flattens it for the group writer; every refusal here writes nothing.
+fn prepare(batch: &AppendBatch) -> Result<Prepared, StoreError> {
+    let invalid = |field, reason: &str| StoreError::InvalidInput {
+        field,
+        reason: reason.into(),
+    };
+    if batch.streams.is_empty() {
+        return Err(invalid("streams", "a batch needs at least one stream"));
     }
+    check_name("tenant", &batch.metadata.tenant)?;
+    check_name("actor", &batch.metadata.actor)?;
+    check_name("actor_type", &batch.metadata.actor_type)?;
+    let total: usize = batch.streams.iter().map(|s| s.events.len()).sum();
+    if total > MAX_EVENTS_PER_APPEND {
+        return Err(StoreError::InvalidInput {
+            field: "events",
+            reason: format!("at most {MAX_EVENTS_PER_APPEND} events per append"),
+        });
+    }
+
+    let metadata =
+        serde_json::to_string(&batch.metadata).map_err(|e| StoreError::InvalidInput {
+            field: "metadata",
+            reason: e.to_string(),
+        })?;
+    let mut prepared = Prepared {
+        command_id: batch.command_id,
+        fingerprint: batch.command_id.map(|_| {
+            batch
+                .fingerprint
+                .unwrap_or_else(|| hash::fingerprint(batch, &metadata))
+        }),
+        tenant: batch.metadata.tenant.clone(),
+        bytes: metadata.len(),
+        metadata,
+        stream_ids: Vec::with_capacity(batch.streams.len()),
+        stream_types: Vec::with_capacity(batch.streams.len()),
+        expected: Vec::with_capacity(batch.streams.len()),
+        counts: Vec::with_capacity(batch.streams.len()),
+        ev_ids: Vec::with_capacity(total),
+        ev_types: Vec::with_capacity(total),
+        ev_schema_versions: Vec::with_capacity(total),
+        ev_payloads: Vec::with_capacity(total),
+    };
+    let mut seen = HashSet::with_capacity(batch.streams.len());
+    let mut event_ids = HashSet::with_capacity(total);
+    for stream in &batch.streams {
+        if !seen.insert(stream.stream_id.as_str()) {
+            return Err(invalid(
+                "streams",
+                "a stream may appear only once per batch",
+            ));
+        }
+        if stream.events.is_empty() {
+            return Err(invalid(
+                "events",
+                "every stream of a batch needs at least one event",
+            ));
+        }
+        check_name("stream_type", &stream.stream_type)?;
+        prepared
+            .stream_ids
+            .push(stream.stream_id.as_str().to_owned());
+        prepared.stream_types.push(stream.stream_type.clone());
+        prepared.expected.push(stream.expected.to_sql()?);
+        // `total` is bounded above, so the count fits.
+        prepared
+            .counts
+            .push(i32::try_from(stream.events.len()).unwrap_or(i32::MAX));
+        for event in &stream.events {
+            check_name("event_type", &event.event_type)?;
+            if !event_ids.insert(event.event_id) {
+                return Err(StoreError::DuplicateEventId);
+            }
+            let schema_version = i32::try_from(event.schema_version)
+                .ok()
+                .filter(|v| *v > 0)
+                .ok_or_else(|| invalid("schema_version", "must be between 1 and 2^31-1"))?;
+            let payload = event.payload.to_string();
+            prepared.bytes += payload.len();
+            prepared.ev_ids.push(event.event_id);
+            prepared.ev_types.push(event.event_type.clone());
+            prepared.ev_schema_versions.push(schema_version);
+            prepared.ev_payloads.push(payload);
+        }
+    }
+    Ok(prepared)
 }
