@@ -3,9 +3,16 @@
 //! # Contract
 //!
 //! - **Atomic multi-stream append.** [`EventStore::append`] writes one or several streams in one
-//!   transaction, through one call of the SQL function `annals_append` (one round trip). Every
-//!   stream carries an [`ExpectedVersion`] (`Any`, `NoStream`, `Exact(n)`); if any check fails,
-//!   [`StoreError::WrongExpectedVersion`] is returned and nothing is written anywhere.
+//!   transaction. Every stream carries an [`ExpectedVersion`] (`Any`, `NoStream`, `Exact(n)`); if
+//!   any check fails, [`StoreError::WrongExpectedVersion`] is returned and nothing of that append
+//!   is written.
+//! - **Group commit.** Concurrent appends share transactions: one call of the SQL function
+//!   `annals_append_group` (one round trip, one commit) carries every append that queued while
+//!   the previous group committed, and each keeps its own outcome (see [`writer`]).
+//! - **The store checks on its own.** An existing stream of another tenant or stream type is
+//!   refused ([`StoreError::ForeignStream`]); `recorded_at` is read after the stream locks, so it
+//!   never goes backwards within a stream; an append refuses to run after a write of its
+//!   transaction or outside READ COMMITTED ([`StoreError::WrongTransaction`]).
 //! - **Idempotency.** A batch made [`AppendBatch::idempotent`] under a command id is recorded in
 //!   `command_log` with a fingerprint of the request; a retry returns the original
 //!   [`AppendResult`] (`replayed = true`) and appends nothing, a different request under the
@@ -30,10 +37,14 @@
 //! reader of "all after P" can see position 11 commit before 10 and skip 10 for good. We use
 //! the transaction id (`xid8`), not a gap-detecting timeout:
 //!
-//! 1. `annals_append` first takes transaction-scoped advisory locks on its streams (sorted, so
-//!    no deadlocks) and reads the stream heads. Neither assigns a transaction id.
+//! 1. `annals_append_group` first takes transaction-scoped advisory locks on the streams of its
+//!    group (sorted, so no deadlocks) and reads the stream heads. Neither assigns a transaction
+//!    id.
 //! 2. Only then does it call `pg_current_xact_id()`, assigning the xid, and gives its events
-//!    the positions `xid * 65536 + i`. So position order *is* xid order.
+//!    the positions `(xid + epoch offset) * 65536 + i`. So position order *is* xid order. (The
+//!    epoch offset is 0 until an operator rebases positions after a logical restore, see
+//!    [`EventStore::rebase_positions`]; it only ever grows, and events below the epoch's floor
+//!    are all committed, so readers deliver them without the xid rule.)
 //! 3. Readers return an event only if its `tx_id < pg_snapshot_xmin(pg_current_snapshot())`
 //!    of the reading statement, i.e. every transaction with a smaller xid has finished. Every
 //!    event with a smaller position has a smaller-or-equal xid, so it is either visible
@@ -52,7 +63,8 @@
 //!
 //! - [`types`]: values in and out ([`AppendBatch`], [`RecordedEvent`], [`Position`], ...).
 //! - [`error`]: [`StoreError`], the one place where SQLSTATEs are interpreted.
-//! - `store`: [`EventStore`] append/read, checkpoints.
+//! - `store`: [`EventStore`] append/read, checkpoints, position epochs.
+//! - [`writer`]: group commit: the dispatcher that forms groups and answers each append.
 //! - `subscription`: [`Subscription`], the live catch-up subscription.
 //! - `notify`: [`Waker`], post-commit wake-ups coalesced per process (subscriptions, projections).
 //! - [`hash`] and `verify`: the hash chain and its verifier ([`VerifyReport`]);

@@ -2,7 +2,7 @@
 //!
 //! The events table is the outbox. One relay is active at a time (a session-level Postgres
 //! advisory lock held on a dedicated connection; a waiting relay takes over the moment the
-//! leader's connection goes away). The leader follows the gap-safe [`Subscription`] from its
+//! leader's connection goes away). The leader follows the gap-safe [`crate::Subscription`] from its
 //! checkpoint, produces each batch with an idempotent producer (`enable.idempotence=true`,
 //! `acks=all`; all messages of a batch in flight together), and advances the checkpoint only
 //! after the broker acknowledged every message of the batch. Any failure drops the producer,

@@ -1,6 +1,6 @@
 //! Group commit: concurrent appends of one process share Postgres transactions.
 //!
-//! Every [`crate::EventStore::append`] hands its validated, flattened append (a [`Prepared`]) to
+//! Every [`crate::EventStore::append`] hands its validated, flattened append to
 //! the store's dispatcher task and awaits its own outcome. The dispatcher takes the first
 //! queued append at once (no timer: a lone append is sent immediately) together with every
 //! append that queued up behind it, and sends them as one call of the SQL function

@@ -3,6 +3,7 @@
 //! ```text
 //! annals run                                  # command API :50051, query API :50052, metrics :9464
 //! annals run --kafka-bootstrap 127.0.0.1:9092 # also relay to Kafka; projections consume topics
+//! annals store rebase-positions               # after a logical restore (see the README)
 //! ```
 //!
 //! Without Kafka (the embedded default) projections follow the event store directly. With
@@ -49,6 +50,18 @@ struct Cli {
 enum Command {
     /// Run command API, projections, query API (and the relay with Kafka) until SIGINT/SIGTERM.
     Run(RunArgs),
+    /// Event store maintenance.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// After the database was restored (pg_dump/pg_restore) or logically replicated into another
+    /// Postgres cluster, appends refuse because that cluster's transaction ids are behind the
+    /// stored ones. This starts a new position epoch so that new positions follow every stored
+    /// one; nothing stored is rewritten. Safe to run at any time (it waits for running appends).
+    RebasePositions,
 }
 
 #[derive(Debug, Args)]
@@ -100,6 +113,14 @@ async fn main() -> anyhow::Result<()> {
         .context("applying migrations")?;
     match cli.command {
         Command::Run(args) => run(args, pool).await,
+        Command::Store(StoreCommand::RebasePositions) => {
+            let epoch = EventStore::new(pool).rebase_positions().await?;
+            println!(
+                "position epoch {} started: new positions start above {} (xid offset {})",
+                epoch.epoch, epoch.floor, epoch.xid_offset
+            );
+            Ok(())
+        }
     }
 }
 

@@ -8,6 +8,8 @@
 //!    a raw `INSERT` (`UNNEST` for
 //!    batches) into a table shaped like `events` (the floor), `cqrs-es` + `postgres-es`, and
 //!    `esrs`. A fresh database per run; stores are interleaved per concurrency level.
+//!    The same single-row insert is also driven by `pgbench` at each concurrency (its own client
+//!    is not bounded by the harness's), and every single-event ratio uses the better floor.
 //! 2. **Rebuild** of every projection from stored events (`projections::rebuild`) against a
 //!    raw batched read + set-based upsert floor.
 //! 3. **End to end**: `annals-command-api`, `annals-projections` and `annals-query-api` as
@@ -35,12 +37,14 @@
 //! - [`rebuild`]: seeding with the real task aggregate, rebuild and its floor.
 //! - [`e2e`]: the three servers as child processes, gRPC load, lag, queries, RSS, export.
 //! - [`kafka`]: relay against plain producer.
+//! - [`pgbench`]: Postgres's own client as a second floor (single-row insert, primary-key read).
 //! - [`report`]: the JSON report, the targets and the markdown table.
 
 pub mod db;
 pub mod e2e;
 pub mod kafka;
 pub mod load;
+pub mod pgbench;
 pub mod rebuild;
 pub mod report;
 pub mod stats;

@@ -11,7 +11,7 @@ use annals_bench::load::{self, Plan};
 use annals_bench::report::{AppendRow, Machine, RawRepeat, Report};
 use annals_bench::stats::{self, ratio};
 use annals_bench::stores::{StoreKind, Target};
-use annals_bench::{db, e2e, kafka, rebuild};
+use annals_bench::{db, e2e, kafka, pgbench, rebuild};
 
 /// Benchmarks annals against raw Postgres floors and peer event stores, side by side.
 #[derive(Debug, Parser)]
@@ -37,11 +37,11 @@ struct Cli {
     /// Run a tiny profile (1/20 of quick) that only checks that every suite works.
     #[arg(long, conflicts_with_all = ["quick", "full"])]
     smoke: bool,
-    /// Suites to run, comma-separated: append, batch, rebuild, e2e, kafka.
+    /// Suites to run, comma-separated: append, pgbench, batch, rebuild, e2e, kafka.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "append,batch,rebuild,e2e,kafka"
+        default_value = "append,pgbench,batch,rebuild,e2e,kafka"
     )]
     suites: Vec<String>,
     /// Directory of results.json and results.md.
@@ -126,6 +126,7 @@ async fn main() -> anyhow::Result<()> {
         rebuild: None,
         e2e: None,
         kafka: None,
+        pgbench: Vec::new(),
         not_done: Vec::new(),
         targets: Vec::new(),
         harness_peak_rss_mib: None,
@@ -177,6 +178,7 @@ async fn main() -> anyhow::Result<()> {
                     ops,
                     events_per_op: events as u64,
                 };
+                let groups_before = target.group_commit_stats();
                 let t = Arc::clone(&target);
                 let m = load::run(plan, move |i| {
                     let t = Arc::clone(&t);
@@ -184,9 +186,19 @@ async fn main() -> anyhow::Result<()> {
                 })
                 .await
                 .with_context(|| format!("{workload} append on {} at c{c}", kind.name()))?;
+                let mean_group =
+                    groups_before
+                        .zip(target.group_commit_stats())
+                        .and_then(|(b, a)| {
+                            let groups = a.groups - b.groups;
+                            (groups > 0).then(|| (a.appends - b.appends) as f64 / groups as f64)
+                        });
                 eprintln!(
-                    "   {:.0} events/s, p50 {:?} ms, p99 {:?} ms",
-                    m.events_per_sec, m.p50_ms, m.p99_ms,
+                    "   {:.0} events/s, p50 {:?} ms, p99 {:?} ms{}",
+                    m.events_per_sec,
+                    m.p50_ms,
+                    m.p99_ms,
+                    mean_group.map_or(String::new(), |g| format!(", {g:.1} appends per commit")),
                 );
                 drop(target);
                 server.drop_db(&name).await;
@@ -208,9 +220,9 @@ async fn main() -> anyhow::Result<()> {
                         continue;
                     }
                 }
-                rows.push((kind, m));
+                rows.push((kind, m, mean_group));
             }
-            for (kind, m) in rows {
+            for (kind, m, mean_group) in rows {
                 let m = if kind == StoreKind::Raw {
                     floor.clone().unwrap_or(m)
                 } else {
@@ -226,8 +238,16 @@ async fn main() -> anyhow::Result<()> {
                     store_name: kind.name().into(),
                     measurement: m,
                     vs_raw,
+                    mean_group,
                 });
             }
+        }
+    }
+
+    if wants("pgbench") {
+        match pgbench::run(&server, &[1, 8, 64], 8).await {
+            Ok(runs) => report.pgbench = runs,
+            Err(e) => report.not_done.push(format!("pgbench floor: {e:#}")),
         }
     }
 

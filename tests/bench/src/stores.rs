@@ -5,7 +5,7 @@
 //! payload, in one transaction, through the store's own append API:
 //!
 //! - annals: [`EventStore::append`] with `NoStream` and a command id (idempotent, as the command
-//!   API appends): one call of `annals_append`.
+//!   API appends): concurrent appends share a call of `annals_append_group` (group commit).
 //! - raw: `INSERT … VALUES` (one event) or `INSERT … SELECT FROM UNNEST` (a batch), autocommit,
 //!   into a plain table with the same columns, constraints and indexes as `events`.
 //! - postgres-es: `PersistedEventRepository::persist` (one transaction, one `INSERT` per event).
@@ -260,6 +260,14 @@ impl Target {
                 Target::Esrs(esrs::manager::AggregateManager::new(store))
             }
         })
+    }
+
+    /// Group-commit counters of the annals store (`None` for the others).
+    pub fn group_commit_stats(&self) -> Option<event_store::GroupCommitStats> {
+        match self {
+            Target::Annals(store) => Some(store.group_commit_stats()),
+            _ => None,
+        }
     }
 
     /// Operation `op`: one command creating a fresh aggregate with `events` events.
