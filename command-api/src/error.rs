@@ -64,14 +64,6 @@ pub enum ApiError {
     /// The event store failed or refused.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Stored history could not be decoded (bug or tampering).
-    #[error("corrupt history of stream {stream_id}: {reason}")]
-    Corrupt {
-        /// The stream.
-        stream_id: String,
-        /// Decoder message.
-        reason: String,
-    },
 }
 
 impl ApiError {
@@ -119,7 +111,6 @@ impl ApiError {
                 e if e.is_transient() => "unavailable",
                 _ => "internal",
             },
-            ApiError::Corrupt { .. } => "internal",
         }
     }
 }
@@ -218,10 +209,6 @@ impl From<ApiError> for Status {
             }
             ApiError::Store(e) => {
                 tracing::error!(error = %e, "event store failure");
-                Status::internal("internal error")
-            }
-            ApiError::Corrupt { stream_id, reason } => {
-                tracing::error!(%stream_id, %reason, "stored history could not be decoded");
                 Status::internal("internal error")
             }
         }

@@ -53,6 +53,8 @@
 //! - [`types`]: values in and out ([`AppendBatch`], [`RecordedEvent`], [`Position`], ...).
 //! - [`error`]: [`StoreError`], the one place where SQLSTATEs are interpreted.
 //! - `store`: [`EventStore`] append/read, checkpoints.
+//! - [`aggregate`]: the one fold loop: [`aggregate::load`] / [`aggregate::execute`] over
+//!   `aggregates::Aggregate` (read, upcast, evolve, decide, append at the right version).
 //! - `subscription`: [`Subscription`], the live catch-up subscription.
 //! - `notify`: [`Waker`], post-commit wake-ups coalesced per process (subscriptions, projections).
 //! - [`hash`] and `verify`: the hash chain and its verifier ([`VerifyReport`]);
@@ -61,6 +63,7 @@
 //!   `annals-relay` binary runs it on its own.
 //! - The schema lives in the workspace's `migrations/`; apply it with [`migrate`].
 
+pub mod aggregate;
 pub mod error;
 pub mod hash;
 mod notify;

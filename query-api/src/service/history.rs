@@ -9,6 +9,7 @@ use aggregates::problem::Problem;
 use aggregates::task::Task;
 use aggregates::{Aggregate, DomainEvent};
 use chrono::{DateTime, Utc};
+use event_store::aggregate;
 use event_store::{Direction, Position, RecordedEvent, StreamId, VerifyReport};
 use schemas::v1 as pb;
 use schemas::v1::history_queries_server::HistoryQueries;
@@ -20,9 +21,6 @@ use crate::convert::{self, ts};
 use crate::error::QueryError;
 use crate::reader::Model;
 use crate::state;
-
-/// Events per store read while folding a stream.
-const FOLD_PAGE: u32 = 1_000;
 
 /// Where an as-of replay stops.
 #[derive(Debug, Clone, Copy)]
@@ -78,39 +76,21 @@ fn history_event(event: &RecordedEvent) -> Result<pb::HistoryEvent, QueryError> 
     })
 }
 
-/// Folds the stream of aggregate `A` up to `as_of`, page by page; returns the state as JSON,
-/// the last folded event's version and recording time.
+/// Folds the stream of aggregate `A` up to `as_of` with the store's fold loop
+/// ([`event_store::aggregate::load_until`]); returns the state as JSON, the last folded
+/// event's version and recording time.
 async fn fold<A: Aggregate>(
     service: &QueryService,
+    tenant: &str,
     stream: &StreamId,
     as_of: AsOf,
     to_json: fn(&A::State) -> Value,
 ) -> Result<(Value, u64, Option<DateTime<Utc>>), QueryError> {
-    let mut state = A::State::default();
-    let mut version = 0;
-    let mut recorded_at = None;
-    'pages: loop {
-        let events = service
-            .store
-            .read_stream(stream, version + 1, Direction::Forward, FOLD_PAGE)
-            .await?;
-        let full = events.len() == FOLD_PAGE as usize;
-        for event in &events {
-            if !as_of.includes(event) {
-                break 'pages;
-            }
-            let payload = event.payload_json()?;
-            let domain = A::Event::from_stored(&event.event_type, event.schema_version, payload)
-                .map_err(|e| QueryError::Corrupt(format!("event {}: {e}", event.event_id)))?;
-            state = A::evolve(state, &domain);
-            version = event.stream_version;
-            recorded_at = Some(event.recorded_at);
-        }
-        if !full {
-            break;
-        }
-    }
-    Ok((to_json(&state), version, recorded_at))
+    let loaded = aggregate::load_until::<A>(&service.store, tenant, stream, |e| as_of.includes(e))
+        .await?
+        // `own_stream` found the stream to be the tenant's; another type means it changed.
+        .ok_or_else(|| QueryError::NotFound(format!("stream {stream}")))?;
+    Ok((to_json(&loaded.state), loaded.version, loaded.recorded_at))
 }
 
 fn tampered(t: &event_store::Tampering) -> pb::TamperedEvent {
@@ -240,25 +220,25 @@ impl HistoryQueries for QueryService {
             let (stream, stream_type) = self.own_stream(&principal.tenant, &req.stream_id).await?;
             let (state, version, recorded_at) = match stream_type.as_str() {
                 Problem::STREAM_TYPE => {
-                    fold::<Problem>(self, &stream, as_of, |s| {
+                    fold::<Problem>(self, &principal.tenant, &stream, as_of, |s| {
                         s.as_ref().map_or(Value::Null, state::problem)
                     })
                     .await?
                 }
                 Task::STREAM_TYPE => {
-                    fold::<Task>(self, &stream, as_of, |s| {
+                    fold::<Task>(self, &principal.tenant, &stream, as_of, |s| {
                         s.as_ref().map_or(Value::Null, state::task)
                     })
                     .await?
                 }
                 AgentSession::STREAM_TYPE => {
-                    fold::<AgentSession>(self, &stream, as_of, |s| {
+                    fold::<AgentSession>(self, &principal.tenant, &stream, as_of, |s| {
                         s.as_ref().map_or(Value::Null, state::agent_session)
                     })
                     .await?
                 }
                 GovernanceDecision::STREAM_TYPE => {
-                    fold::<GovernanceDecision>(self, &stream, as_of, |s| {
+                    fold::<GovernanceDecision>(self, &principal.tenant, &stream, as_of, |s| {
                         serde_json::to_value(s).unwrap_or(Value::Null)
                     })
                     .await?

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::time::Instant;
 
 use event_store::EventStore;
-use schemas::auth::{Principal, TokenStore};
+use schemas::auth::{Principal, TokenCache};
 use tonic::{Response, Status};
 use tracing::Instrument;
 use tracing::field::Empty;
@@ -37,12 +37,12 @@ const EXPORT_BUFFER: usize = 1_000;
 pub struct QueryService {
     reader: Reader,
     store: EventStore,
-    tokens: TokenStore,
+    tokens: TokenCache,
 }
 
 impl QueryService {
     /// A service reading through `reader` and authenticating against `tokens`.
-    pub fn new(reader: Reader, tokens: TokenStore) -> Self {
+    pub fn new(reader: Reader, tokens: TokenCache) -> Self {
         let store = EventStore::new(reader.pool().clone());
         Self {
             reader,

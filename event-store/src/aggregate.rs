@@ -1,0 +1,316 @@
+//! The one home of the fold loop: load an [`Aggregate`] from its stream, execute a command on it.
+//!
+//! - [`load`] / [`load_until`] read a stream forward page by page, upcast each event through
+//!   [`DomainEvent::from_stored`] and fold it with [`Aggregate::evolve`]. A stream of another
+//!   tenant or another aggregate type loads as `None`, so that callers can answer exactly as if
+//!   it did not exist and tenants learn nothing about each other's data.
+//! - [`execute`] is load, decide, append with the right expected version, costing as few round
+//!   trips as the command allows:
+//!
+//! | command | round trips |
+//! |---|---|
+//! | create (empty state, no client version) | 1: append with `NoStream` |
+//! | on an existing aggregate | 2: load, append with `Exact(loaded)` |
+//! | refused (domain, client version, other tenant) | +1: the command log |
+//! | create whose stream exists | +2: load, then decided again on what is there |
+//!
+//! Retries ride on the append: the store answers a known command id (same fingerprint: the
+//! stored result with `replayed = true`; another one: [`StoreError::CommandIdReused`]) before it
+//! checks expected versions. Only a refusal, which never reaches the append, looks at the
+//! command log, so that a retry whose first attempt succeeded keeps getting the first answer
+//! even when deciding again would now be refused (the task is completed since, a create's
+//! aggregate exists since).
+//!
+//! Results keep "the aggregate refused" apart from "the store failed", like esrs:
+//! `Result<Result<Executed, Refusal>, StoreError>`.
+
+use aggregates::{Aggregate, CommandContext, DomainError, DomainEvent};
+use chrono::{DateTime, Utc};
+
+use crate::error::StoreError;
+use crate::store::EventStore;
+use crate::types::{
+    AppendBatch, AppendResult, Direction, ExpectedVersion, NewEvent, RecordedEvent, StreamId,
+};
+
+/// Events read per round trip while loading a stream. Streams are tens of events long, so one
+/// page nearly always holds the whole stream.
+const LOAD_PAGE: u32 = 1_000;
+
+/// A stream folded into its aggregate's state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded<S> {
+    /// The state after the last folded event (`Default` for an empty stream).
+    pub state: S,
+    /// Version of the last folded event; 0 when none.
+    pub version: u64,
+    /// When the last folded event was recorded; `None` when none.
+    pub recorded_at: Option<DateTime<Utc>>,
+}
+
+impl<S: Default> Default for Loaded<S> {
+    fn default() -> Self {
+        Self {
+            state: S::default(),
+            version: 0,
+            recorded_at: None,
+        }
+    }
+}
+
+/// Folds one stored event of `A` onto `loaded`: upcast, evolve, advance the version.
+pub fn fold<A: Aggregate>(
+    loaded: Loaded<A::State>,
+    event: &RecordedEvent,
+) -> Result<Loaded<A::State>, StoreError> {
+    let corrupt = |reason: String| {
+        StoreError::Corrupt(format!(
+            "stream {} version {} ({}): {reason}",
+            event.stream_id, event.stream_version, event.event_id
+        ))
+    };
+    let payload = event.payload_json().map_err(|e| corrupt(e.to_string()))?;
+    let domain = A::Event::from_stored(&event.event_type, event.schema_version, payload)
+        .map_err(|e| corrupt(e.to_string()))?;
+    Ok(Loaded {
+        state: A::evolve(loaded.state, &domain),
+        version: event.stream_version,
+        recorded_at: Some(event.recorded_at),
+    })
+}
+
+/// Loads `A`'s whole stream for `tenant`; `None` when it belongs to another tenant or aggregate
+/// type. A stream that does not exist loads as the empty state at version 0.
+pub async fn load<A: Aggregate>(
+    store: &EventStore,
+    tenant: &str,
+    stream: &StreamId,
+) -> Result<Option<Loaded<A::State>>, StoreError> {
+    load_until::<A>(store, tenant, stream, |_| true).await
+}
+
+/// Like [`load`], stopping before the first event `include` refuses (e.g. state as of a version
+/// or an instant; events are visited in stream order).
+pub async fn load_until<A: Aggregate>(
+    store: &EventStore,
+    tenant: &str,
+    stream: &StreamId,
+    mut include: impl FnMut(&RecordedEvent) -> bool,
+) -> Result<Option<Loaded<A::State>>, StoreError> {
+    let mut loaded = Loaded::default();
+    loop {
+        let page = store
+            .read_stream(stream, loaded.version + 1, Direction::Forward, LOAD_PAGE)
+            .await?;
+        let last_page = page.len() < LOAD_PAGE as usize;
+        for event in &page {
+            if event.stream_type != A::STREAM_TYPE || event.tenant_id != tenant {
+                return Ok(None);
+            }
+            if !include(event) {
+                return Ok(Some(loaded));
+            }
+            loaded = fold::<A>(loaded, event)?;
+        }
+        if last_page {
+            return Ok(Some(loaded));
+        }
+    }
+}
+
+/// The expected version that appends after `version` (0: the stream must not exist yet).
+pub fn expected_after(version: u64) -> ExpectedVersion {
+    if version == 0 {
+        ExpectedVersion::NoStream
+    } else {
+        ExpectedVersion::Exact(version)
+    }
+}
+
+/// The events of a decision as the store takes them.
+pub fn new_events<E: DomainEvent>(events: &[E]) -> Vec<NewEvent> {
+    events
+        .iter()
+        .map(|e| NewEvent::new(e.event_type(), e.schema_version(), e.to_payload()))
+        .collect()
+}
+
+/// What a command expects of its stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Creates the aggregate: its stream must not exist.
+    Create,
+    /// Acts on an aggregate that exists (deciding on the empty state refuses otherwise).
+    Existing,
+}
+
+/// One command for [`execute`].
+#[derive(Debug)]
+pub struct Execution<'a, A: Aggregate> {
+    /// The aggregate's stream.
+    pub stream: &'a StreamId,
+    /// Create or act on an existing aggregate.
+    pub target: Target,
+    /// The version the caller based its command on, if it said (0: the stream must not exist).
+    pub expected: Option<u64>,
+    /// The command.
+    pub command: A::Command,
+    /// Time and actor of the decision.
+    pub context: CommandContext,
+    /// Metadata and idempotency of the append; the stream's events are added to it. With a
+    /// command id it is also what a refusal looks up in the command log.
+    pub batch: AppendBatch,
+}
+
+/// What an accepted (or retried) command did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Executed {
+    /// The stream's version before this command (0 for a create, or for a retry answered from
+    /// the command log).
+    pub version_before: u64,
+    /// The append; `None` when the decision produced no events.
+    pub appended: Option<AppendResult>,
+}
+
+/// Why [`execute`] wrote nothing (none of these is a store failure).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// The aggregate's rules refused the command.
+    Domain(DomainError),
+    /// The stream exists but belongs to another tenant or aggregate type: answer as "not found"
+    /// (or "already exists" for a create), never with anything about it.
+    Foreign,
+    /// The caller based its command on another version than the current one.
+    VersionMismatch {
+        /// What the caller expected (0: no stream).
+        expected: u64,
+        /// The current version, `None` when the stream does not exist.
+        actual: Option<u64>,
+    },
+}
+
+/// Executes a command on aggregate `A` (see the module docs for the round trips).
+///
+/// A version conflict of the append itself (a concurrent writer) is returned as
+/// [`StoreError::WrongExpectedVersion`]; retrying with a fresh load is the caller's choice.
+pub async fn execute<A>(
+    store: &EventStore,
+    execution: Execution<'_, A>,
+) -> Result<Result<Executed, Refusal>, StoreError>
+where
+    A: Aggregate,
+    // A create is decided before anything is read; should its id turn out to exist, the
+    // command is decided again on what is there.
+    A::Command: Clone,
+{
+    let Execution {
+        stream,
+        target,
+        expected,
+        command,
+        context,
+        batch,
+    } = execution;
+    let fresh_create = target == Target::Create && expected.unwrap_or(0) == 0;
+    let command = if fresh_create {
+        // A new id has no history to load: decide on the empty state and let `NoStream` tell
+        // whether the id was new after all.
+        let events = match A::decide(&A::State::default(), command.clone(), &context) {
+            Ok(events) => events,
+            Err(error) => return refused(store, &batch, Refusal::Domain(error)).await,
+        };
+        if events.is_empty() {
+            return Ok(Ok(Executed {
+                version_before: 0,
+                appended: None,
+            }));
+        }
+        let create = batch.clone().stream(
+            stream.clone(),
+            A::STREAM_TYPE,
+            ExpectedVersion::NoStream,
+            new_events(&events),
+        );
+        match store.append(create).await {
+            Ok(appended) => {
+                return Ok(Ok(Executed {
+                    version_before: 0,
+                    appended: Some(appended),
+                }));
+            }
+            // The stream exists: decide again on what is there, as any command would.
+            Err(StoreError::WrongExpectedVersion { .. }) => command,
+            Err(other) => return Err(other),
+        }
+    } else {
+        command
+    };
+
+    let Some(loaded) = load::<A>(store, &batch.metadata.tenant, stream).await? else {
+        return refused(store, &batch, Refusal::Foreign).await;
+    };
+    if let Some(expected) = expected
+        && expected != loaded.version
+    {
+        let mismatch = Refusal::VersionMismatch {
+            expected,
+            actual: (loaded.version > 0).then_some(loaded.version),
+        };
+        return refused(store, &batch, mismatch).await;
+    }
+    let events = match A::decide(&loaded.state, command, &context) {
+        Ok(events) => events,
+        Err(error) => return refused(store, &batch, Refusal::Domain(error)).await,
+    };
+    if events.is_empty() {
+        return Ok(Ok(Executed {
+            version_before: loaded.version,
+            appended: None,
+        }));
+    }
+    let batch = batch.stream(
+        stream.clone(),
+        A::STREAM_TYPE,
+        expected_after(loaded.version),
+        new_events(&events),
+    );
+    let appended = store.append(batch).await?;
+    Ok(Ok(Executed {
+        version_before: loaded.version,
+        appended: Some(appended),
+    }))
+}
+
+/// The answer to a refused command: the stored result when its command id already succeeded
+/// (see [`earlier_result`]), the refusal otherwise.
+pub async fn refused(
+    store: &EventStore,
+    batch: &AppendBatch,
+    refusal: Refusal,
+) -> Result<Result<Executed, Refusal>, StoreError> {
+    Ok(match earlier_result(store, batch).await? {
+        Some(appended) => Ok(Executed {
+            version_before: 0,
+            appended: Some(appended),
+        }),
+        None => Err(refusal),
+    })
+}
+
+/// The stored result of `batch`'s command id (`replayed = true`), when that command already
+/// succeeded: what a refused retry answers. A different request under the id is
+/// [`StoreError::CommandIdReused`]. Without a caller fingerprint (see
+/// [`AppendBatch::idempotent_with_fingerprint`]) the requests cannot be compared here, and a
+/// logged result is taken as the answer. One round trip; none without a command id.
+pub async fn earlier_result(
+    store: &EventStore,
+    batch: &AppendBatch,
+) -> Result<Option<AppendResult>, StoreError> {
+    let Some(command_id) = batch.command_id else {
+        return Ok(None);
+    };
+    match batch.fingerprint {
+        Some(fingerprint) => store.command_result_matching(command_id, fingerprint).await,
+        None => store.command_result(command_id).await,
+    }
+}
