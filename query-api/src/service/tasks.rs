@@ -7,7 +7,7 @@ use schemas::v1::task_queries_server::TaskQueries;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::{QueryService, observe};
+use super::QueryService;
 use crate::convert::{self, s, spellings, ts, ts_opt};
 use crate::cursor::{Cursor, page_size, paginate, time_key};
 use crate::error::QueryError;
@@ -120,48 +120,52 @@ impl From<ReminderRow> for pb::ReminderView {
     }
 }
 
+const GET_TASK: &str = concat!(
+    "SELECT ",
+    task_columns!(),
+    " FROM tasks WHERE tenant_id = $1 AND task_id = $2"
+);
+
+const TASK_REMINDERS: &str = concat!(
+    "SELECT ",
+    reminder_columns!(),
+    " FROM task_reminders WHERE tenant_id = $1 AND task_id = $2 \
+      ORDER BY scheduled_at DESC, reminder_id DESC LIMIT $3"
+);
+
 #[tonic::async_trait]
 impl TaskQueries for QueryService {
     async fn get_task(
         &self,
         request: Request<pb::GetTaskRequest>,
     ) -> Result<Response<pb::GetTaskResponse>, Status> {
-        observe("GetTask", async {
-            let principal = self.principal(request.metadata()).await?;
-            let req = request.get_ref();
-            let id = convert::uuid("task_id", &req.task_id)?;
-            let position = self.reader.reach(Model::Tasks, req.min_position).await?;
-            let mut tx = self.reader.begin(&principal.tenant).await?;
-            const TASK: &str = concat!(
-                "SELECT ",
-                task_columns!(),
-                " FROM tasks WHERE tenant_id = $1 AND task_id = $2"
-            );
-            let task: TaskRow = sqlx::query_as(TASK)
-                .bind(&principal.tenant)
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or_else(|| QueryError::NotFound(format!("task {id}")))?;
-            const REMINDERS: &str = concat!(
-                "SELECT ",
-                reminder_columns!(),
-                " FROM task_reminders WHERE tenant_id = $1 AND task_id = $2 \
-                  ORDER BY scheduled_at DESC, reminder_id DESC LIMIT $3"
-            );
-            let reminders: Vec<ReminderRow> = sqlx::query_as(REMINDERS)
-                .bind(&principal.tenant)
-                .bind(id)
-                .bind(MAX_TASK_REMINDERS)
-                .fetch_all(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            Ok(pb::GetTaskResponse {
-                position,
-                task: Some(task.into()),
-                reminders: reminders.into_iter().map(Into::into).collect(),
-            })
-        })
+        self.read(
+            "GetTask",
+            request,
+            Model::Tasks,
+            |req, _| convert::uuid("task_id", &req.task_id),
+            |q, _, id| {
+                Box::pin(async move {
+                    let task: TaskRow = sqlx::query_as(GET_TASK)
+                        .bind(q.tenant())
+                        .bind(id)
+                        .fetch_optional(&mut *q.conn)
+                        .await?
+                        .ok_or_else(|| QueryError::NotFound(format!("task {id}")))?;
+                    let reminders: Vec<ReminderRow> = sqlx::query_as(TASK_REMINDERS)
+                        .bind(q.tenant())
+                        .bind(id)
+                        .bind(MAX_TASK_REMINDERS)
+                        .fetch_all(&mut *q.conn)
+                        .await?;
+                    Ok(pb::GetTaskResponse {
+                        position: q.position,
+                        task: Some(task.into()),
+                        reminders: reminders.into_iter().map(Into::into).collect(),
+                    })
+                })
+            },
+        )
         .await
     }
 
@@ -170,59 +174,64 @@ impl TaskQueries for QueryService {
         request: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
         const RPC: &str = "ListTasks";
-        observe(RPC, async {
-            let principal = self.principal(request.metadata()).await?;
-            let req = request.get_ref();
-            let limit = page_size(req.page_size)?;
-            let cursor = Cursor::decode(&req.page_token, RPC, 2)?;
-            let after = match &cursor {
-                Some(c) => Some((c.time(0)?, c.uuid(1)?)),
-                None => None,
-            };
-            let owner = convert::filter("owner", &req.owner)?;
-            let status = convert::vocab("status", &req.status, &spellings!(TaskStatus))?;
-            let tag = convert::filter("tag", &req.tag)?;
-            let from = convert::time("due_from", req.due_from.as_ref())?;
-            let to = convert::time("due_to", req.due_to.as_ref())?;
-            let position = self.reader.reach(Model::Tasks, req.min_position).await?;
-            let mut tx = self.reader.begin(&principal.tenant).await?;
-            const SQL: &str = concat!(
-                "SELECT ",
-                task_columns!(),
-                " FROM tasks \
-                  WHERE tenant_id = $1 \
-                    AND ($2::text IS NULL OR owner = $2) \
-                    AND ($3::text IS NULL OR status = $3) \
-                    AND ($4::text IS NULL OR tags @> ARRAY[$4::text]) \
-                    AND ($5::timestamptz IS NULL OR due_date >= $5) \
-                    AND ($6::timestamptz IS NULL OR due_date < $6) \
-                    AND (NOT $7 OR (status = 'active' AND due_date < now())) \
-                    AND ($8::timestamptz IS NULL OR (created_at, task_id) < ($8, $9)) \
-                  ORDER BY created_at DESC, task_id DESC LIMIT $10"
-            );
-            let rows: Vec<TaskRow> = sqlx::query_as(SQL)
-                .bind(&principal.tenant)
-                .bind(owner)
-                .bind(status)
-                .bind(tag)
-                .bind(from)
-                .bind(to)
-                .bind(req.overdue_only)
-                .bind(after.map(|a| a.0))
-                .bind(after.map(|a| a.1))
-                .bind(limit + 1)
-                .fetch_all(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            let (rows, next_page_token) = paginate(rows, limit, RPC, |r| {
-                vec![time_key(&r.created_at), r.task_id.to_string()]
-            });
-            Ok(pb::ListTasksResponse {
-                position,
-                next_page_token,
-                tasks: rows.into_iter().map(Into::into).collect(),
-            })
-        })
+        self.read(
+            RPC,
+            request,
+            Model::Tasks,
+            |req, _| {
+                let limit = page_size(req.page_size)?;
+                let cursor = Cursor::decode(&req.page_token, RPC, 2)?;
+                let after = match &cursor {
+                    Some(c) => Some((c.time(0)?, c.uuid(1)?)),
+                    None => None,
+                };
+                let owner = convert::filter("owner", &req.owner)?;
+                let status = convert::vocab("status", &req.status, &spellings!(TaskStatus))?;
+                let tag = convert::filter("tag", &req.tag)?;
+                let from = convert::time("due_from", req.due_from.as_ref())?;
+                let to = convert::time("due_to", req.due_to.as_ref())?;
+                Ok((limit, after, owner, status, tag, from, to))
+            },
+            |q, req, (limit, after, owner, status, tag, from, to)| {
+                Box::pin(async move {
+                    const SQL: &str = concat!(
+                        "SELECT ",
+                        task_columns!(),
+                        " FROM tasks \
+                          WHERE tenant_id = $1 \
+                            AND ($2::text IS NULL OR owner = $2) \
+                            AND ($3::text IS NULL OR status = $3) \
+                            AND ($4::text IS NULL OR tags @> ARRAY[$4::text]) \
+                            AND ($5::timestamptz IS NULL OR due_date >= $5) \
+                            AND ($6::timestamptz IS NULL OR due_date < $6) \
+                            AND (NOT $7 OR (status = 'active' AND due_date < now())) \
+                            AND ($8::timestamptz IS NULL OR (created_at, task_id) < ($8, $9)) \
+                          ORDER BY created_at DESC, task_id DESC LIMIT $10"
+                    );
+                    let rows: Vec<TaskRow> = sqlx::query_as(SQL)
+                        .bind(q.tenant())
+                        .bind(owner)
+                        .bind(status)
+                        .bind(tag)
+                        .bind(from)
+                        .bind(to)
+                        .bind(req.overdue_only)
+                        .bind(after.map(|a| a.0))
+                        .bind(after.map(|a| a.1))
+                        .bind(limit + 1)
+                        .fetch_all(&mut *q.conn)
+                        .await?;
+                    let (rows, next_page_token) = paginate(rows, limit, RPC, |r| {
+                        vec![time_key(&r.created_at), r.task_id.to_string()]
+                    });
+                    Ok(pb::ListTasksResponse {
+                        position: q.position,
+                        next_page_token,
+                        tasks: rows.into_iter().map(Into::into).collect(),
+                    })
+                })
+            },
+        )
         .await
     }
 
@@ -231,49 +240,54 @@ impl TaskQueries for QueryService {
         request: Request<pb::ListDueRemindersRequest>,
     ) -> Result<Response<pb::ListDueRemindersResponse>, Status> {
         const RPC: &str = "ListDueReminders";
-        observe(RPC, async {
-            let principal = self.principal(request.metadata()).await?;
-            let req = request.get_ref();
-            let limit = page_size(req.page_size)?;
-            let cursor = Cursor::decode(&req.page_token, RPC, 2)?;
-            let after = match &cursor {
-                Some(c) => Some((c.time(0)?, c.uuid(1)?)),
-                None => None,
-            };
-            let due_before =
-                convert::time("due_before", req.due_before.as_ref())?.unwrap_or_else(Utc::now);
-            let owner = convert::filter("owner", &req.owner)?;
-            let position = self.reader.reach(Model::Tasks, req.min_position).await?;
-            let mut tx = self.reader.begin(&principal.tenant).await?;
-            const SQL: &str = concat!(
-                "SELECT ",
-                reminder_columns!(),
-                " FROM task_reminders \
-                  WHERE tenant_id = $1 AND status = 'pending' AND is_current \
-                    AND trigger_time <= $2 \
-                    AND ($3::text IS NULL OR owner = $3) \
-                    AND ($4::timestamptz IS NULL OR (trigger_time, reminder_id) > ($4, $5)) \
-                  ORDER BY trigger_time, reminder_id LIMIT $6"
-            );
-            let rows: Vec<ReminderRow> = sqlx::query_as(SQL)
-                .bind(&principal.tenant)
-                .bind(due_before)
-                .bind(owner)
-                .bind(after.map(|a| a.0))
-                .bind(after.map(|a| a.1))
-                .bind(limit + 1)
-                .fetch_all(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            let (rows, next_page_token) = paginate(rows, limit, RPC, |r| {
-                vec![time_key(&r.trigger_time), r.reminder_id.to_string()]
-            });
-            Ok(pb::ListDueRemindersResponse {
-                position,
-                next_page_token,
-                reminders: rows.into_iter().map(Into::into).collect(),
-            })
-        })
+        self.read(
+            RPC,
+            request,
+            Model::Tasks,
+            |req, _| {
+                let limit = page_size(req.page_size)?;
+                let cursor = Cursor::decode(&req.page_token, RPC, 2)?;
+                let after = match &cursor {
+                    Some(c) => Some((c.time(0)?, c.uuid(1)?)),
+                    None => None,
+                };
+                let due_before =
+                    convert::time("due_before", req.due_before.as_ref())?.unwrap_or_else(Utc::now);
+                let owner = convert::filter("owner", &req.owner)?;
+                Ok((limit, after, due_before, owner))
+            },
+            |q, _, (limit, after, due_before, owner)| {
+                Box::pin(async move {
+                    const SQL: &str = concat!(
+                        "SELECT ",
+                        reminder_columns!(),
+                        " FROM task_reminders \
+                          WHERE tenant_id = $1 AND status = 'pending' AND is_current \
+                            AND trigger_time <= $2 \
+                            AND ($3::text IS NULL OR owner = $3) \
+                            AND ($4::timestamptz IS NULL OR (trigger_time, reminder_id) > ($4, $5)) \
+                          ORDER BY trigger_time, reminder_id LIMIT $6"
+                    );
+                    let rows: Vec<ReminderRow> = sqlx::query_as(SQL)
+                        .bind(q.tenant())
+                        .bind(due_before)
+                        .bind(owner)
+                        .bind(after.map(|a| a.0))
+                        .bind(after.map(|a| a.1))
+                        .bind(limit + 1)
+                        .fetch_all(&mut *q.conn)
+                        .await?;
+                    let (rows, next_page_token) = paginate(rows, limit, RPC, |r| {
+                        vec![time_key(&r.trigger_time), r.reminder_id.to_string()]
+                    });
+                    Ok(pb::ListDueRemindersResponse {
+                        position: q.position,
+                        next_page_token,
+                        reminders: rows.into_iter().map(Into::into).collect(),
+                    })
+                })
+            },
+        )
         .await
     }
 }
