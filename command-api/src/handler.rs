@@ -209,8 +209,7 @@ pub async fn execute_governed(
         Primary::Decision => "decision",
         Primary::Session => "session",
     };
-    let events = match decide_governed(&decision.state, &session.state, command, &call.context())
-    {
+    let events = match decide_governed(&decision.state, &session.state, command, &call.context()) {
         Ok(events) => events,
         Err(error) => {
             let error = ApiError::Domain { scope, error };

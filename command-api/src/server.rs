@@ -59,7 +59,10 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let service = std::sync::Arc::new(CommandService::new(store, TokenCache::new(tokens, config.token_cache)));
+    let service = std::sync::Arc::new(CommandService::new(
+        store,
+        TokenCache::new(tokens, config.token_cache),
+    ));
     let limit = config.max_request_bytes;
     let problems =
         ProblemCommandsServer::from_arc(service.clone()).max_decoding_message_size(limit);

@@ -84,7 +84,10 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let service = Arc::new(QueryService::new(reader, TokenCache::new(tokens, config.token_cache)));
+    let service = Arc::new(QueryService::new(
+        reader,
+        TokenCache::new(tokens, config.token_cache),
+    ));
     let limit = config.max_request_bytes;
 
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -222,6 +222,9 @@ type TokenRow = (
     Option<DateTime<Utc>>,
 );
 
+/// Columns of [`VERIFY_TOKEN`].
+type VerifyRow = (Uuid, String, String, String, String, Option<DateTime<Utc>>);
+
 fn info(row: TokenRow) -> Option<TokenInfo> {
     let (token_id, tenant, actor, actor_type, role, description, created_at, expires_at, revoked) =
         row;
@@ -318,13 +321,12 @@ impl TokenStore {
     /// What the table says about a token hash: `None` when unknown or revoked (or with a role
     /// this build does not know).
     async fn verify(&self, token_hash: &[u8; 32]) -> Result<Option<Verified>, AuthError> {
-        let row: Option<(Uuid, String, String, String, String, Option<DateTime<Utc>>)> =
-            sqlx::query_as(VERIFY_TOKEN)
-                .bind(token_hash.as_slice())
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(row.and_then(
-            |(token_id, tenant, actor, actor_type, role, expires_at)| {
+        let row: Option<VerifyRow> = sqlx::query_as(VERIFY_TOKEN)
+            .bind(token_hash.as_slice())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(
+            row.and_then(|(token_id, tenant, actor, actor_type, role, expires_at)| {
                 Some(Verified {
                     principal: Principal {
                         token_id,
@@ -335,8 +337,8 @@ impl TokenStore {
                     },
                     expires_at,
                 })
-            },
-        ))
+            }),
+        )
     }
 
     /// Authenticates the `authorization` metadata of a gRPC request (uncached).
@@ -451,7 +453,13 @@ impl Entries {
         }
     }
 
-    fn put(&mut self, key: TokenHash, found: Option<Verified>, at: Instant, config: &TokenCacheConfig) {
+    fn put(
+        &mut self,
+        key: TokenHash,
+        found: Option<Verified>,
+        at: Instant,
+        config: &TokenCacheConfig,
+    ) {
         let fresh = |t: &Instant| at.saturating_duration_since(*t) < config.ttl;
         match found {
             Some(verified) => {
@@ -459,7 +467,11 @@ impl Entries {
                 if self.valid.len() >= config.capacity && !self.valid.contains_key(&key) {
                     self.valid.retain(|_, (_, t)| fresh(t));
                     if self.valid.len() >= config.capacity {
-                        let oldest = self.valid.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k);
+                        let oldest = self
+                            .valid
+                            .iter()
+                            .min_by_key(|(_, (_, t))| *t)
+                            .map(|(k, _)| *k);
                         if let Some(oldest) = oldest {
                             self.valid.remove(&oldest);
                         }
@@ -507,7 +519,10 @@ impl TokenCache {
     fn entries(&self) -> std::sync::MutexGuard<'_, Entries> {
         // The map stays consistent whatever panicked while holding it (every update is one
         // insert or remove), so a poisoned lock is still usable.
-        self.inner.entries.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner
+            .entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The principal behind a presented token, answered from memory while fresh.
@@ -663,9 +678,18 @@ mod tests {
         }
         // The newest valid tokens survive: the oldest is the one dropped.
         let later = now + Duration::from_secs(1);
-        assert!(matches!(entries.get(&[9; 32], config.ttl, later), Cached::Valid(_)));
-        assert!(matches!(entries.get(&[0; 32], config.ttl, later), Cached::Stale));
-        assert!(matches!(entries.get(&[109; 32], config.ttl, later), Cached::Refused));
+        assert!(matches!(
+            entries.get(&[9; 32], config.ttl, later),
+            Cached::Valid(_)
+        ));
+        assert!(matches!(
+            entries.get(&[0; 32], config.ttl, later),
+            Cached::Stale
+        ));
+        assert!(matches!(
+            entries.get(&[109; 32], config.ttl, later),
+            Cached::Refused
+        ));
     }
 
     async fn token(store: &TokenStore, expires_at: Option<DateTime<Utc>>) -> (Uuid, String) {
@@ -712,15 +736,27 @@ mod tests {
         let (id, secret) = token(cache.store(), None).await;
         let unknown = format!("{TOKEN_PREFIX}{}", "0f".repeat(32));
         assert_eq!(cache.authenticate(&secret).await.unwrap().token_id, id);
-        assert!(matches!(cache.authenticate(&unknown).await, Err(AuthError::Invalid)));
+        assert!(matches!(
+            cache.authenticate(&unknown).await,
+            Err(AuthError::Invalid)
+        ));
         // Without a database both answers still come, from memory.
         pool.close().await;
         assert_eq!(cache.authenticate(&secret).await.unwrap().token_id, id);
-        assert!(matches!(cache.authenticate(&unknown).await, Err(AuthError::Invalid)));
-        assert!(matches!(cache.authenticate("annals_x").await, Err(AuthError::Invalid)));
+        assert!(matches!(
+            cache.authenticate(&unknown).await,
+            Err(AuthError::Invalid)
+        ));
+        assert!(matches!(
+            cache.authenticate("annals_x").await,
+            Err(AuthError::Invalid)
+        ));
         // A token never seen needs the database, and says so.
         let other = format!("{TOKEN_PREFIX}{}", "1e".repeat(32));
-        assert!(matches!(cache.authenticate(&other).await, Err(AuthError::Database(_))));
+        assert!(matches!(
+            cache.authenticate(&other).await,
+            Err(AuthError::Database(_))
+        ));
     }
 
     #[sqlx::test(migrations = "../migrations")]
@@ -733,9 +769,16 @@ mod tests {
         }
         assert!(cache.store().revoke(id).await.unwrap());
         // The bound runs from the revocation's commit; 2 s of margin for a loaded machine.
-        refused_by(&cache, &secret, std::time::Instant::now() + ttl + Duration::from_secs(2))
-            .await;
-        assert!(matches!(cache.authenticate(&secret).await, Err(AuthError::Invalid)));
+        refused_by(
+            &cache,
+            &secret,
+            std::time::Instant::now() + ttl + Duration::from_secs(2),
+        )
+        .await;
+        assert!(matches!(
+            cache.authenticate(&secret).await,
+            Err(AuthError::Invalid)
+        ));
     }
 
     #[sqlx::test(migrations = "../migrations")]
@@ -745,7 +788,12 @@ mod tests {
         let (id, secret) = token(cache.store(), Some(expires)).await;
         assert_eq!(cache.authenticate(&secret).await.unwrap().token_id, id);
         // Far inside the hour-long ttl: only the cached `expires_at` can refuse it.
-        refused_by(&cache, &secret, std::time::Instant::now() + Duration::from_secs(3)).await;
+        refused_by(
+            &cache,
+            &secret,
+            std::time::Instant::now() + Duration::from_secs(3),
+        )
+        .await;
     }
 
     #[sqlx::test(migrations = "../migrations")]
@@ -761,6 +809,9 @@ mod tests {
         for t in tasks {
             assert_eq!(t.await.unwrap().unwrap(), id);
         }
-        assert!(cache.entries().inflight.is_empty(), "a lookup gate was left behind");
+        assert!(
+            cache.entries().inflight.is_empty(),
+            "a lookup gate was left behind"
+        );
     }
 }

@@ -172,7 +172,8 @@ impl AgentSessionQueries for QueryService {
                     None => None,
                 };
                 let user = convert::filter("user", &req.user)?;
-                let status = convert::vocab("status", &req.status, &spellings!(AgentSessionStatus))?;
+                let status =
+                    convert::vocab("status", &req.status, &spellings!(AgentSessionStatus))?;
                 let agent_type = convert::filter("agent_type", &req.agent_type)?;
                 Ok((limit, after, user, status, agent_type))
             },
