@@ -124,7 +124,7 @@ macro_rules! typed_position {
         concat!(
             "WITH cp AS (SELECT coalesce((SELECT position FROM subscription_checkpoints \
                                             WHERE name = $1), 0) AS p), ",
-            high_water!(),
+            $crate::reader::high_water!(),
             ", nx AS (SELECT min(n.global_position) AS p FROM unnest($2::text[]) AS t(stream_type) \
                  CROSS JOIN LATERAL (SELECT e.global_position FROM events e \
                                       WHERE e.stream_type = t.stream_type \
@@ -136,6 +136,7 @@ macro_rules! typed_position {
         )
     };
 }
+pub(crate) use {high_water, typed_position};
 
 /// Position of a projection consuming every stream type (`$1` checkpoint).
 macro_rules! all_position {
@@ -264,6 +265,18 @@ impl Reader {
     /// The pool.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Whether requests run behind the second wall (see the module docs).
+    pub fn row_level_security(&self) -> bool {
+        self.row_level_security
+    }
+
+    /// Checkpoint name and stream types of `model` when it consumes some stream types: the
+    /// `$1` and `$2` of a statement that reads its position with [`typed_position!`].
+    pub(crate) fn typed(&self, model: Model) -> Option<(&str, &[String])> {
+        let tracked = self.tracked[model.index()?].as_ref()?;
+        Some((tracked.checkpoint.as_str(), tracked.types.as_deref()?))
     }
 
     /// The position `model` reflects now.

@@ -131,6 +131,16 @@ impl<'t> Scope<'t> {
     }
 }
 
+/// What [`QueryService::lookup`] hands an RPC's one-statement attempt.
+pub(crate) struct Fast<'t> {
+    /// Positions, pool and the second wall's setting.
+    pub reader: &'t Reader,
+    /// Who asks.
+    pub principal: &'t Principal,
+    /// The position the caller wants reflected.
+    pub min_position: i64,
+}
+
 /// What [`QueryService::answer`] hands an RPC's work.
 pub(crate) struct Ctx<'t> {
     /// The service (store, reader).
@@ -166,6 +176,55 @@ impl QueryService {
             let principal = self.principal(request.metadata()).await?;
             let req = request.into_inner();
             let valid = validate(&req, &principal)?;
+            let (mut session, position) = self
+                .reader
+                .enter(&principal.tenant, model, req.min_position())
+                .await?;
+            let scope = Scope {
+                principal: &principal,
+                position,
+                conn: session.conn(),
+            };
+            let answer = work(scope, &req, valid).await?;
+            session.finish().await?;
+            Ok(answer)
+        })
+        .await
+    }
+
+    /// [`QueryService::read`] for a get by id with a one-round-trip attempt first: `fast` reads
+    /// the position and the row in one statement, behind the second wall without a
+    /// transaction (migration `20261202000300`), and answers when the row is there and the
+    /// position reached. Otherwise (missing row, position behind, a projection without stream
+    /// types) `work` answers through the tenant session as any RPC, waiting for `min_position`.
+    pub(crate) async fn lookup<M, V, T, F, G>(
+        &self,
+        rpc: &'static str,
+        request: Request<M>,
+        model: Model,
+        validate: impl FnOnce(&M, &Principal) -> Result<V, QueryError> + Send,
+        fast: G,
+        work: F,
+    ) -> Result<Response<T>, Status>
+    where
+        M: MinPosition + Send + Sync,
+        V: Send + Sync,
+        T: Send,
+        G: for<'t> FnOnce(Fast<'t>, &'t V) -> Work<'t, Option<T>> + Send,
+        F: for<'t> FnOnce(Scope<'t>, &'t M, V) -> Work<'t, T> + Send,
+    {
+        observe(rpc, async {
+            let principal = self.principal(request.metadata()).await?;
+            let req = request.into_inner();
+            let valid = validate(&req, &principal)?;
+            let attempt = Fast {
+                reader: &self.reader,
+                principal: &principal,
+                min_position: req.min_position(),
+            };
+            if let Some(answer) = fast(attempt, &valid).await? {
+                return Ok(answer);
+            }
             let (mut session, position) = self
                 .reader
                 .enter(&principal.tenant, model, req.min_position())
