@@ -314,3 +314,216 @@ pub async fn earlier_result(
         None => store.command_result(command_id).await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use aggregates::task::{CreateTask, Tags, Task, TaskCommand};
+    use aggregates::values::{TaskId, TaskTitle, UserRef};
+    use chrono::TimeZone;
+    use sqlx::PgPool;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::types::Metadata;
+
+    fn create(id: Uuid) -> TaskCommand {
+        TaskCommand::CreateTask(CreateTask {
+            task_id: TaskId::new(id).unwrap(),
+            owner: UserRef::parse("ann").unwrap(),
+            title: TaskTitle::parse(format!("task {id}")).unwrap(),
+            description: None,
+            due_date: None,
+            priority: None,
+            tags: Tags::new(Vec::new()).unwrap(),
+            reminder_config: None,
+            recurrence: None,
+            parent_task_id: None,
+            occurrence: 1,
+        })
+    }
+
+    fn complete(id: Uuid) -> TaskCommand {
+        TaskCommand::CompleteTask {
+            task_id: TaskId::new(id).unwrap(),
+        }
+    }
+
+    /// Runs `command` as `tenant` under `command_id`, fingerprinted by `request`.
+    async fn run(
+        store: &EventStore,
+        tenant: &str,
+        stream: &StreamId,
+        target: Target,
+        command: TaskCommand,
+        (command_id, request): (Uuid, u8),
+    ) -> Result<Executed, Refusal> {
+        let now = Utc.with_ymd_and_hms(2030, 1, 1, 9, 0, 0).unwrap();
+        let batch = AppendBatch::new(Metadata::new(tenant, "ann", "user"))
+            .idempotent_with_fingerprint(command_id, [request; 32]);
+        let execution = Execution::<Task> {
+            stream,
+            target,
+            expected: None,
+            command,
+            context: CommandContext::new(now, "ann"),
+            batch,
+        };
+        execute::<Task>(store, execution).await.unwrap()
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn every_path_of_execute_answers_like_the_rules(pool: PgPool) {
+        let store = EventStore::new(pool);
+        let id = Uuid::now_v7();
+        let stream = StreamId::new(id.to_string()).unwrap();
+        let (first, second, third) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+
+        // A create appends at once; its retry is answered by the append itself.
+        let created = run(
+            &store,
+            "acme",
+            &stream,
+            Target::Create,
+            create(id),
+            (first, 1),
+        )
+        .await
+        .unwrap();
+        let appended = created.appended.clone().unwrap();
+        assert!(!appended.replayed);
+        assert_eq!(appended.streams[0].version, 1);
+        let retried = run(
+            &store,
+            "acme",
+            &stream,
+            Target::Create,
+            create(id),
+            (first, 1),
+        )
+        .await
+        .unwrap();
+        assert!(retried.appended.unwrap().replayed);
+
+        // A new create on the existing stream is refused by the rules, not by the store.
+        let again = run(
+            &store,
+            "acme",
+            &stream,
+            Target::Create,
+            create(id),
+            (second, 2),
+        )
+        .await;
+        assert!(matches!(again, Err(Refusal::Domain(e)) if e.code() == "task.already_exists"));
+        // Another tenant learns nothing: the stream is foreign to it, whatever the command.
+        let foreign = run(
+            &store,
+            "globex",
+            &stream,
+            Target::Create,
+            create(id),
+            (third, 3),
+        )
+        .await;
+        assert_eq!(foreign, Err(Refusal::Foreign));
+
+        // A command on the aggregate: load + append at the loaded version.
+        let done = run(
+            &store,
+            "acme",
+            &stream,
+            Target::Existing,
+            complete(id),
+            (second, 4),
+        )
+        .await
+        .unwrap();
+        assert_eq!(done.version_before, 1);
+        assert_eq!(done.appended.unwrap().streams[0].version, 2);
+        // Its retry would now be refused by the rules (completed already): the log answers.
+        let replay = run(
+            &store,
+            "acme",
+            &stream,
+            Target::Existing,
+            complete(id),
+            (second, 4),
+        )
+        .await
+        .unwrap();
+        assert!(replay.appended.unwrap().replayed);
+        // The same id for another request is refused by the store.
+        let now = Utc.with_ymd_and_hms(2030, 1, 1, 9, 0, 0).unwrap();
+        let reused = execute::<Task>(
+            &store,
+            Execution::<Task> {
+                stream: &stream,
+                target: Target::Existing,
+                expected: None,
+                command: complete(id),
+                context: CommandContext::new(now, "ann"),
+                batch: AppendBatch::new(Metadata::new("acme", "ann", "user"))
+                    .idempotent_with_fingerprint(second, [9; 32]),
+            },
+        )
+        .await;
+        assert!(matches!(reused, Err(StoreError::CommandIdReused { .. })));
+
+        let loaded = load::<Task>(&store, "acme", &stream)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(loaded.version, 2);
+        let first_only = load_until::<Task>(&store, "acme", &stream, |e| e.stream_version < 2)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(first_only.version, 1);
+        assert_ne!(first_only.state, loaded.state);
+        assert!(
+            load::<Task>(&store, "globex", &stream)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn a_client_version_is_checked_before_deciding(pool: PgPool) {
+        let store = EventStore::new(pool);
+        let id = Uuid::now_v7();
+        let stream = StreamId::new(id.to_string()).unwrap();
+        run(
+            &store,
+            "acme",
+            &stream,
+            Target::Create,
+            create(id),
+            (Uuid::now_v7(), 1),
+        )
+        .await
+        .unwrap();
+        let now = Utc.with_ymd_and_hms(2030, 1, 1, 9, 0, 0).unwrap();
+        let stale = execute::<Task>(
+            &store,
+            Execution::<Task> {
+                stream: &stream,
+                target: Target::Existing,
+                expected: Some(3),
+                command: complete(id),
+                context: CommandContext::new(now, "ann"),
+                batch: AppendBatch::new(Metadata::new("acme", "ann", "user"))
+                    .idempotent_with_fingerprint(Uuid::now_v7(), [2; 32]),
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            stale,
+            Err(Refusal::VersionMismatch {
+                expected: 3,
+                actual: Some(1)
+            })
+        );
+    }
+}
