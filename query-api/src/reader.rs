@@ -33,6 +33,16 @@
 //! as the role `annals_reader` with `annals.tenant` set to the caller's tenant and
 //! `transaction_read_only` on; the policies of migration `20261123000030` then hide every other
 //! tenant's rows even from a query that forgot its filter, and nothing can be written.
+//!
+//! # Round trips
+//!
+//! [`Reader::enter`] reads the position in the statement that raises the second wall (it runs
+//! with the service's privileges, checked when the statement starts; the role applies from
+//! the next statement on), so a request costs `BEGIN`, that statement, its reads and `COMMIT`,
+//! and tokens come from memory. Without row-level security there is no transaction: the
+//! position and the reads are statements on one pooled connection. GetTask goes further with
+//! PL/pgSQL functions that raise the wall inside themselves (migration `20261202000300`): the
+//! position and the task in one statement, the reminders in a second, no transaction.
 
 use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
