@@ -91,6 +91,7 @@ pub async fn load<A: Aggregate>(
 
 /// Like [`load`], stopping before the first event `include` refuses (e.g. state as of a version
 /// or an instant; events are visited in stream order).
+#[tracing::instrument(name = "event_store.load", skip_all, fields(%stream, stream_type = A::STREAM_TYPE))]
 pub async fn load_until<A: Aggregate>(
     store: &EventStore,
     tenant: &str,
@@ -193,6 +194,11 @@ pub enum Refusal {
 ///
 /// A version conflict of the append itself (a concurrent writer) is returned as
 /// [`StoreError::WrongExpectedVersion`]; retrying with a fresh load is the caller's choice.
+#[tracing::instrument(name = "event_store.execute", skip_all, fields(
+    stream = %execution.stream,
+    stream_type = A::STREAM_TYPE,
+    target = ?execution.target,
+))]
 pub async fn execute<A>(
     store: &EventStore,
     execution: Execution<'_, A>,

@@ -567,6 +567,7 @@ impl TokenCache {
         outcome
     }
 
+    #[tracing::instrument(name = "auth.token_lookup", skip_all, level = "debug")]
     async fn look_up(&self, key: TokenHash) -> Result<Principal, AuthError> {
         let _permit = self
             .inner
