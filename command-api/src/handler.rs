@@ -9,9 +9,10 @@
 //!   client's expected version (`ABORTED` on mismatch), decide, append with `Exact(loaded)`;
 //!   two round trips.
 //! - **Refusals** (domain refusal, client version mismatch, a stream of another tenant or type)
-//!   look at the command log once, so that a retry whose first attempt succeeded keeps getting
-//!   the original result. A create whose stream exists is loaded and decided again, so it is
-//!   refused exactly as before (`ALREADY_EXISTS`).
+//!   and commands that decide to append nothing look at the command log once, so that a retry
+//!   whose first attempt succeeded keeps getting the original result. A create whose stream
+//!   exists, or that the empty state refuses, is loaded and decided again on what is there, so
+//!   it is answered exactly as before (`ALREADY_EXISTS` for an existing id).
 //!
 //! A stream of another tenant or another aggregate type is reported as not found (and a create
 //! on it as already existing), so tenants learn nothing about each other's data.
@@ -238,6 +239,11 @@ pub async fn execute_governed(
         Primary::Session => session.version,
     };
     if batch.streams().is_empty() {
+        // Nothing for the store to answer a retry with: a command id that already appended
+        // gets its first answer from the log.
+        if let Some(appended) = aggregate::earlier_result(store, &batch).await? {
+            return Ok(result(primary_stream.as_str(), 0, appended));
+        }
         return Ok(unchanged(primary_stream.as_str(), primary_version));
     }
     let appended = store.append(batch).await?;

@@ -11,8 +11,8 @@
 //! |---|---|
 //! | create (empty state, no client version) | 1: append with `NoStream` |
 //! | on an existing aggregate | 2: load, append with `Exact(loaded)` |
-//! | refused (domain, client version, other tenant) | +1: the command log |
-//! | create whose stream exists | +2: load, then decided again on what is there |
+//! | refused (domain, client version, other tenant), or nothing to append | +1: the command log |
+//! | create whose stream exists, or refused on the empty state | +1: load, then decided on what is there |
 //!
 //! Retries ride on the append: the store answers a known command id (same fingerprint: the
 //! stored result with `replayed = true`; another one: [`StoreError::CommandIdReused`]) before it
@@ -220,33 +220,30 @@ where
     let fresh_create = target == Target::Create && expected.unwrap_or(0) == 0;
     let command = if fresh_create {
         // A new id has no history to load: decide on the empty state and let `NoStream` tell
-        // whether the id was new after all.
-        let events = match A::decide(&A::State::default(), command.clone(), &context) {
-            Ok(events) => events,
-            Err(error) => return refused(store, &batch, Refusal::Domain(error)).await,
-        };
-        if events.is_empty() {
-            return Ok(Ok(Executed {
-                version_before: 0,
-                appended: None,
-            }));
-        }
-        let create = batch.clone().stream(
-            stream.clone(),
-            A::STREAM_TYPE,
-            ExpectedVersion::NoStream,
-            new_events(&events),
-        );
-        match store.append(create).await {
-            Ok(appended) => {
-                return Ok(Ok(Executed {
-                    version_before: 0,
-                    appended: Some(appended),
-                }));
+        // whether the id was new after all. Anything but a plain accept (a refusal, no events)
+        // takes the full path below, so that it is answered exactly as on a loaded stream: an
+        // invalid create of an existing id is "already exists", not the invalid field.
+        match A::decide(&A::State::default(), command.clone(), &context) {
+            Ok(events) if !events.is_empty() => {
+                let create = batch.clone().stream(
+                    stream.clone(),
+                    A::STREAM_TYPE,
+                    ExpectedVersion::NoStream,
+                    new_events(&events),
+                );
+                match store.append(create).await {
+                    Ok(appended) => {
+                        return Ok(Ok(Executed {
+                            version_before: 0,
+                            appended: Some(appended),
+                        }));
+                    }
+                    // The stream exists: decide again on what is there, as any command would.
+                    Err(StoreError::WrongExpectedVersion { .. }) => command,
+                    Err(other) => return Err(other),
+                }
             }
-            // The stream exists: decide again on what is there, as any command would.
-            Err(StoreError::WrongExpectedVersion { .. }) => command,
-            Err(other) => return Err(other),
+            _ => command,
         }
     } else {
         command
@@ -269,6 +266,14 @@ where
         Err(error) => return refused(store, &batch, Refusal::Domain(error)).await,
     };
     if events.is_empty() {
+        // Nothing to append means nothing for the store to answer a retry with: a command id
+        // that already appended gets its first answer from the log.
+        if let Some(appended) = earlier_result(store, &batch).await? {
+            return Ok(Ok(Executed {
+                version_before: 0,
+                appended: Some(appended),
+            }));
+        }
         return Ok(Ok(Executed {
             version_before: loaded.version,
             appended: None,
@@ -421,6 +426,13 @@ mod tests {
         )
         .await;
         assert!(matches!(again, Err(Refusal::Domain(e)) if e.code() == "task.already_exists"));
+        // Even when the empty state would refuse it too (here: a due date in the past).
+        let mut late = create(id);
+        if let TaskCommand::CreateTask(c) = &mut late {
+            c.due_date = Some(Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 0).unwrap());
+        }
+        let invalid = run(&store, "acme", &stream, Target::Create, late, (third, 5)).await;
+        assert!(matches!(invalid, Err(Refusal::Domain(e)) if e.code() == "task.already_exists"));
         // Another tenant learns nothing: the stream is foreign to it, whatever the command.
         let foreign = run(
             &store,
