@@ -21,8 +21,10 @@
 //! - **Memory is bounded**: at most [`TokenCacheConfig::capacity`] valid and as many refused
 //!   entries; a full map first drops stale entries, then the oldest one (valid) or everything
 //!   (refused: those entries only save lookups).
-//! - **No stampede**: when an entry goes stale, one request per token looks it up again and
-//!   the requests arriving meanwhile wait for that answer instead of each sending their own.
+//! - **No stampede, no waiting**: a token in use is looked up again in the background once past
+//!   half its `ttl`, so busy tokens never make a request wait; when an entry does go stale,
+//!   one request per token looks it up and the requests arriving meanwhile wait for that
+//!   answer instead of each sending their own.
 //!
 //! A `ttl` of zero turns the cache off (every request is one indexed lookup).
 //!
@@ -431,7 +433,11 @@ struct Entries {
 
 /// What the cache knows about a token right now.
 enum Cached {
-    Valid(Principal),
+    /// Valid; `due` once past half its ttl, when a background refresh should start.
+    Valid {
+        principal: Principal,
+        due: bool,
+    },
     Refused,
     Stale,
 }
@@ -442,7 +448,10 @@ impl Entries {
             && now.duration_since(*at) < ttl
         {
             return if verified.valid_at(Utc::now()) {
-                Cached::Valid(verified.principal.clone())
+                Cached::Valid {
+                    principal: verified.principal.clone(),
+                    due: now.duration_since(*at) >= ttl / 2,
+                }
             } else {
                 Cached::Refused
             };
@@ -538,7 +547,13 @@ impl TokenCache {
         let gate = {
             let mut entries = self.entries();
             match entries.get(&key, ttl, Instant::now()) {
-                Cached::Valid(p) => return Ok(p),
+                Cached::Valid { principal, due } => {
+                    if due && !entries.inflight.contains_key(&key) {
+                        let gate = Arc::clone(entries.inflight.entry(key).or_default());
+                        self.refresh_ahead(key, gate);
+                    }
+                    return Ok(principal);
+                }
                 Cached::Refused => return Err(AuthError::Invalid),
                 Cached::Stale => Arc::clone(entries.inflight.entry(key).or_default()),
             }
@@ -548,23 +563,44 @@ impl TokenCache {
             // Whoever held the gate before us may have just answered this very token.
             let cached = self.entries().get(&key, ttl, Instant::now());
             match cached {
-                Cached::Valid(p) => Ok(p),
+                Cached::Valid { principal, .. } => Ok(principal),
                 Cached::Refused => Err(AuthError::Invalid),
                 Cached::Stale => self.look_up(key).await,
             }
         };
+        self.leave(key, &gate);
+        outcome
+    }
+
+    /// Looks a token that is in use up again in the background once past half its ttl, so
+    /// that busy tokens never make a request wait for a lookup; requests arriving while it
+    /// runs are answered from memory (or, once stale, wait for it at the gate).
+    fn refresh_ahead(&self, key: TokenHash, gate: Arc<tokio::sync::Mutex<()>>) {
+        let cache = self.clone();
+        tokio::spawn(async move {
+            {
+                let _turn = gate.lock().await;
+                if let Err(AuthError::Database(err)) = cache.look_up(key).await {
+                    // The entry still expires at its ttl; requests then look it up themselves.
+                    tracing::debug!(error = %err, "token refresh failed");
+                }
+            }
+            cache.leave(key, &gate);
+        });
+    }
+
+    /// Takes the gate down when the caller is the last one through it (the map's clone and
+    /// the caller's are all that is left); a request that cloned it meanwhile does it itself.
+    fn leave(&self, key: TokenHash, gate: &Arc<tokio::sync::Mutex<()>>) {
         let mut entries = self.entries();
-        // The last request through the gate (the map's clone and ours are all that is left)
-        // takes it down; a request that cloned it meanwhile takes it down itself.
-        if Arc::strong_count(&gate) <= 2
+        if Arc::strong_count(gate) <= 2
             && entries
                 .inflight
                 .get(&key)
-                .is_some_and(|g| Arc::ptr_eq(g, &gate))
+                .is_some_and(|g| Arc::ptr_eq(g, gate))
         {
             entries.inflight.remove(&key);
         }
-        outcome
     }
 
     #[tracing::instrument(name = "auth.token_lookup", skip_all, level = "debug")]
@@ -681,7 +717,7 @@ mod tests {
         let later = now + Duration::from_secs(1);
         assert!(matches!(
             entries.get(&[9; 32], config.ttl, later),
-            Cached::Valid(_)
+            Cached::Valid { due: false, .. }
         ));
         assert!(matches!(
             entries.get(&[0; 32], config.ttl, later),
@@ -795,6 +831,29 @@ mod tests {
             std::time::Instant::now() + Duration::from_secs(3),
         )
         .await;
+    }
+
+    #[sqlx::test(migrations = "../migrations")]
+    async fn a_token_in_use_is_refreshed_in_the_background(pool: PgPool) {
+        let ttl = Duration::from_secs(1);
+        let cache = cache(pool, ttl);
+        let (id, secret) = token(cache.store(), None).await;
+        assert_eq!(cache.authenticate(&secret).await.unwrap().token_id, id);
+        let key = hash(&secret);
+        let verified_at = |c: &TokenCache| c.entries().valid.get(&key).map(|(_, at)| *at);
+        let first = verified_at(&cache).unwrap();
+        tokio::time::sleep(ttl / 2).await;
+        // Past half the ttl: answered from memory, and a refresh starts behind it.
+        assert_eq!(cache.authenticate(&secret).await.unwrap().token_id, id);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while verified_at(&cache) == Some(first) || !cache.entries().inflight.is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no refresh within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(verified_at(&cache).unwrap() > first);
     }
 
     #[sqlx::test(migrations = "../migrations")]
