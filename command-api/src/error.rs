@@ -64,14 +64,6 @@ pub enum ApiError {
     /// The event store failed or refused.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Stored history could not be decoded (bug or tampering).
-    #[error("corrupt history of stream {stream_id}: {reason}")]
-    Corrupt {
-        /// The stream.
-        stream_id: String,
-        /// Decoder message.
-        reason: String,
-    },
 }
 
 impl ApiError {
@@ -116,10 +108,11 @@ impl ApiError {
                 StoreError::CommandIdReused { .. } | StoreError::DuplicateEventId => {
                     "already_exists"
                 }
+                StoreError::ForeignStream { .. } => "not_found",
+                StoreError::PositionsBehind => "unavailable",
                 e if e.is_transient() => "unavailable",
                 _ => "internal",
             },
-            ApiError::Corrupt { .. } => "internal",
         }
     }
 }
@@ -212,16 +205,20 @@ impl From<ApiError> for Status {
             ApiError::Store(StoreError::DuplicateEventId) => {
                 Status::already_exists("an event id of this command already exists")
             }
+            // The tenant wall: another tenant's stream is reported as absent, nothing more.
+            ApiError::Store(StoreError::ForeignStream { .. }) => {
+                Status::not_found("stream not found")
+            }
+            ApiError::Store(e @ StoreError::PositionsBehind) => {
+                tracing::error!(error = %e, "appends refused until positions are rebased");
+                Status::unavailable("the event store refuses writes until an operator intervenes")
+            }
             ApiError::Store(e) if e.is_transient() => {
                 tracing::warn!(error = %e, "event store unavailable");
                 Status::unavailable("the event store is temporarily unavailable; retry later")
             }
             ApiError::Store(e) => {
                 tracing::error!(error = %e, "event store failure");
-                Status::internal("internal error")
-            }
-            ApiError::Corrupt { stream_id, reason } => {
-                tracing::error!(%stream_id, %reason, "stored history could not be decoded");
                 Status::internal("internal error")
             }
         }

@@ -1,34 +1,41 @@
-//! Executing a command: answer retries, load, decide, append.
+//! Executing a command: decide, append, and answer retries, in as few round trips as possible.
 //!
-//! 1. **Retry check first.** `command_log` is consulted with the request's fingerprint before
-//!    anything else: a retried create would otherwise be refused by `decide` (the aggregate
-//!    exists since the first attempt). A known id with a different fingerprint is refused.
-//! 2. **Load.** The stream is read forward and folded with `from_stored` + `evolve`. A stream
-//!    of another tenant or another aggregate type is reported as not found (and a create on it
-//!    as already existing), so tenants learn nothing about each other's data.
-//! 3. **Check the client's expected version** against the loaded one (`ABORTED` on mismatch).
-//! 4. **Decide** with the current time and the caller as actor.
-//! 5. **Append** with `Exact(loaded)` (`NoStream` for a new stream) and the request's
-//!    fingerprint, so that a concurrent writer or a concurrent retry is caught by the store.
+//! Single-aggregate commands go through [`event_store::aggregate::execute`] (the one fold loop):
+//!
+//! - **Create** (a new id, no client version): decided on the empty state and appended with
+//!   `NoStream`; one round trip. Nothing is loaded and the command log is not read first: the
+//!   store answers a retried command id on the append itself.
+//! - **On an existing aggregate**: load (fold with `from_stored` + `evolve`), check the
+//!   client's expected version (`ABORTED` on mismatch), decide, append with `Exact(loaded)`;
+//!   two round trips.
+//! - **Refusals** (domain refusal, client version mismatch, a stream of another tenant or type)
+//!   and commands that decide to append nothing look at the command log once, so that a retry
+//!   whose first attempt succeeded keeps getting the original result. A create whose stream
+//!   exists, or that the empty state refuses, is loaded and decided again on what is there, so
+//!   it is answered exactly as before (`ALREADY_EXISTS` for an existing id).
+//!
+//! A stream of another tenant or another aggregate type is reported as not found (and a create
+//! on it as already existing), so tenants learn nothing about each other's data.
+//!
+//! Governed commands ([`execute_governed`]) load both streams at once (two connections, one
+//! round trip of latency), decide them together and append them atomically.
 //!
 //! Snapshots are not used: streams are short (tens of events) and a load is one indexed read.
 
 use aggregates::agent_session::AgentSession;
 use aggregates::governance::{GovernanceDecision, GovernedCommand, decide_governed};
-use aggregates::{Aggregate, CommandContext, DomainError, DomainEvent};
+use aggregates::{Aggregate, CommandContext, DomainError};
 use chrono::Utc;
-use event_store::{
-    AppendBatch, AppendResult, Direction, EventStore, ExpectedVersion, Metadata, NewEvent, StreamId,
-};
+use event_store::aggregate::{self, Executed, Execution, Refusal, expected_after, new_events};
+use event_store::{AppendBatch, AppendResult, EventStore, Metadata, StreamId};
 use schemas::v1 as pb;
 use uuid::Uuid;
+
+pub use event_store::aggregate::Target;
 
 use crate::convert::Envelope;
 use crate::error::ApiError;
 use schemas::auth::Principal;
-
-/// Events read per round trip while loading a stream.
-const LOAD_PAGE: u32 = 1_000;
 
 /// Everything about one command call that is not the command itself.
 #[derive(Debug, Clone)]
@@ -67,96 +74,10 @@ impl CommandCall {
         AppendBatch::new(self.metadata())
             .idempotent_with_fingerprint(self.envelope.command_id, self.fingerprint)
     }
-
-    async fn replayed(
-        &self,
-        store: &EventStore,
-        primary: &str,
-    ) -> Result<Option<pb::CommandResult>, ApiError> {
-        Ok(store
-            .command_result_matching(self.envelope.command_id, self.fingerprint)
-            .await?
-            .map(|r| result(primary, 0, r)))
-    }
-}
-
-/// Whether a command creates its stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
-    /// Creates the aggregate (its id is new).
-    Create,
-    /// Acts on an existing aggregate.
-    Existing,
-}
-
-/// A loaded stream.
-struct Loaded<S> {
-    state: S,
-    version: u64,
 }
 
 fn stream_id(id: Uuid) -> Result<StreamId, ApiError> {
     Ok(StreamId::new(id.to_string())?)
-}
-
-/// Loads `A`'s stream for `tenant`; `None` when it belongs to another tenant or aggregate type.
-async fn load<A: Aggregate>(
-    store: &EventStore,
-    tenant: &str,
-    stream: &StreamId,
-) -> Result<Option<Loaded<A::State>>, ApiError> {
-    let mut state = A::State::default();
-    let mut version = 0;
-    loop {
-        let page = store
-            .read_stream(stream, version + 1, Direction::Forward, LOAD_PAGE)
-            .await?;
-        let done = page.len() < LOAD_PAGE as usize;
-        for e in page {
-            if e.stream_type != A::STREAM_TYPE || e.tenant_id != tenant {
-                return Ok(None);
-            }
-            let corrupt = |reason: String| ApiError::Corrupt {
-                stream_id: stream.to_string(),
-                reason,
-            };
-            let payload = e.payload_json().map_err(|x| corrupt(x.to_string()))?;
-            let event = A::Event::from_stored(&e.event_type, e.schema_version, payload)
-                .map_err(|x| corrupt(x.to_string()))?;
-            state = A::evolve(state, &event);
-            version = e.stream_version;
-        }
-        if done {
-            return Ok(Some(Loaded { state, version }));
-        }
-    }
-}
-
-fn expected(version: u64) -> ExpectedVersion {
-    if version == 0 {
-        ExpectedVersion::NoStream
-    } else {
-        ExpectedVersion::Exact(version)
-    }
-}
-
-/// Refuses when the client based its command on another version than the current one.
-fn check_expected(call: &CommandCall, stream: &StreamId, current: u64) -> Result<(), ApiError> {
-    match call.envelope.expected_version {
-        Some(v) if v != current => Err(ApiError::VersionMismatch {
-            stream_id: stream.to_string(),
-            expected: expected(v),
-            actual: (current > 0).then_some(current),
-        }),
-        _ => Ok(()),
-    }
-}
-
-fn new_events<E: DomainEvent>(events: &[E]) -> Vec<NewEvent> {
-    events
-        .iter()
-        .map(|e| NewEvent::new(e.event_type(), e.schema_version(), e.to_payload()))
-        .collect()
 }
 
 fn hidden(scope: &'static str, target: Target, id: Uuid) -> ApiError {
@@ -172,37 +93,67 @@ fn hidden(scope: &'static str, target: Target, id: Uuid) -> ApiError {
     }
 }
 
+/// The client's expected version as the store spells it, for conflict messages.
+fn mismatch(stream: &StreamId, expected: u64, actual: Option<u64>) -> ApiError {
+    ApiError::VersionMismatch {
+        stream_id: stream.to_string(),
+        expected: expected_after(expected),
+        actual,
+    }
+}
+
+/// The wire answer to an executed command on `stream`.
+fn answer(stream: &StreamId, executed: Executed) -> pb::CommandResult {
+    match executed.appended {
+        Some(appended) => result(stream.as_str(), executed.version_before, appended),
+        None => unchanged(stream.as_str(), executed.version_before),
+    }
+}
+
 /// Runs a command of aggregate `A` on stream `id`; `scope` names the aggregate in messages.
-pub async fn execute<A: Aggregate>(
+pub async fn execute<A>(
     store: &EventStore,
     call: &CommandCall,
     scope: &'static str,
     target: Target,
     id: Uuid,
     command: A::Command,
-) -> Result<pb::CommandResult, ApiError> {
+) -> Result<pb::CommandResult, ApiError>
+where
+    A: Aggregate,
+    A::Command: Clone,
+{
     tracing::Span::current().record("aggregate_id", tracing::field::display(id));
     let stream = stream_id(id)?;
-    if let Some(done) = call.replayed(store, stream.as_str()).await? {
-        return Ok(done);
+    let execution = Execution::<A> {
+        stream: &stream,
+        target,
+        expected: call.envelope.expected_version,
+        command,
+        context: call.context(),
+        batch: call.batch(),
+    };
+    match aggregate::execute::<A>(store, execution).await? {
+        Ok(executed) => Ok(answer(&stream, executed)),
+        Err(Refusal::Domain(error)) => Err(ApiError::Domain { scope, error }),
+        Err(Refusal::Foreign) => Err(hidden(scope, target, id)),
+        Err(Refusal::VersionMismatch { expected, actual }) => {
+            Err(mismatch(&stream, expected, actual))
+        }
     }
-    let loaded = load::<A>(store, &call.principal.tenant, &stream)
-        .await?
-        .ok_or_else(|| hidden(scope, target, id))?;
-    check_expected(call, &stream, loaded.version)?;
-    let events = A::decide(&loaded.state, command, &call.context())
-        .map_err(|error| ApiError::Domain { scope, error })?;
-    if events.is_empty() {
-        return Ok(unchanged(stream.as_str(), loaded.version));
+}
+
+/// The refusal of a governed command, unless its command id already succeeded.
+async fn refuse(
+    store: &EventStore,
+    call: &CommandCall,
+    primary: &StreamId,
+    error: ApiError,
+) -> Result<pb::CommandResult, ApiError> {
+    match aggregate::earlier_result(store, &call.batch()).await? {
+        Some(appended) => Ok(result(primary.as_str(), 0, appended)),
+        None => Err(error),
     }
-    let batch = call.batch().stream(
-        stream.clone(),
-        A::STREAM_TYPE,
-        expected(loaded.version),
-        new_events(&events),
-    );
-    let appended = store.append(batch).await?;
-    Ok(result(stream.as_str(), loaded.version, appended))
 }
 
 /// Which stream a governed command reports as its target.
@@ -214,8 +165,9 @@ pub enum Primary {
     Session,
 }
 
-/// Runs a governed command: both streams are loaded, decided together and appended in one
-/// atomic append (the decision stream as new, the session at its loaded version).
+/// Runs a governed command: both streams are loaded (concurrently), decided together and
+/// appended in one atomic append (the decision stream as new, the session at its loaded
+/// version).
 pub async fn execute_governed(
     store: &EventStore,
     call: &CommandCall,
@@ -234,29 +186,43 @@ pub async fn execute_governed(
         "aggregate_id",
         tracing::field::display(primary_stream.as_str()),
     );
-    if let Some(done) = call.replayed(store, primary_stream.as_str()).await? {
-        return Ok(done);
-    }
     let tenant = &call.principal.tenant;
-    let session = load::<AgentSession>(store, tenant, &session_stream)
-        .await?
-        .ok_or_else(|| hidden("session", Target::Existing, session_uuid))?;
-    let decision = load::<GovernanceDecision>(store, tenant, &decision_stream)
-        .await?
-        .ok_or_else(|| hidden("decision", Target::Create, decision_uuid))?;
-    check_expected(call, &session_stream, session.version)?;
+    let (session, decision) = tokio::try_join!(
+        aggregate::load::<AgentSession>(store, tenant, &session_stream),
+        aggregate::load::<GovernanceDecision>(store, tenant, &decision_stream),
+    )?;
+    let Some(session) = session else {
+        let error = hidden("session", Target::Existing, session_uuid);
+        return refuse(store, call, primary_stream, error).await;
+    };
+    let Some(decision) = decision else {
+        let error = hidden("decision", Target::Create, decision_uuid);
+        return refuse(store, call, primary_stream, error).await;
+    };
+    if let Some(expected) = call.envelope.expected_version
+        && expected != session.version
+    {
+        let actual = (session.version > 0).then_some(session.version);
+        let error = mismatch(&session_stream, expected, actual);
+        return refuse(store, call, primary_stream, error).await;
+    }
     let scope = match primary {
         Primary::Decision => "decision",
         Primary::Session => "session",
     };
-    let events = decide_governed(&decision.state, &session.state, command, &call.context())
-        .map_err(|error| ApiError::Domain { scope, error })?;
+    let events = match decide_governed(&decision.state, &session.state, command, &call.context()) {
+        Ok(events) => events,
+        Err(error) => {
+            let error = ApiError::Domain { scope, error };
+            return refuse(store, call, primary_stream, error).await;
+        }
+    };
     let mut batch = call.batch();
     if !events.decision.is_empty() {
         batch = batch.stream(
             decision_stream.clone(),
             GovernanceDecision::STREAM_TYPE,
-            expected(decision.version),
+            expected_after(decision.version),
             new_events(&events.decision),
         );
     }
@@ -264,7 +230,7 @@ pub async fn execute_governed(
         batch = batch.stream(
             session_stream.clone(),
             AgentSession::STREAM_TYPE,
-            expected(session.version),
+            expected_after(session.version),
             new_events(&events.session),
         );
     }
@@ -273,6 +239,11 @@ pub async fn execute_governed(
         Primary::Session => session.version,
     };
     if batch.streams().is_empty() {
+        // Nothing for the store to answer a retry with: a command id that already appended
+        // gets its first answer from the log.
+        if let Some(appended) = aggregate::earlier_result(store, &batch).await? {
+            return Ok(result(primary_stream.as_str(), 0, appended));
+        }
         return Ok(unchanged(primary_stream.as_str(), primary_version));
     }
     let appended = store.append(batch).await?;

@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::Utc;
 use clap::{Args, Parser, Subcommand};
+use command_api::auth::TokenCacheConfig;
 use command_api::{NewToken, Role, ServerConfig, TokenStore};
 use event_store::EventStore;
 use sqlx::postgres::PgPoolOptions;
@@ -75,6 +76,13 @@ struct ServeArgs {
     /// Most concurrent requests per client connection.
     #[arg(long, env = "ANNALS_CONCURRENCY_PER_CONNECTION", default_value_t = 64)]
     concurrency_per_connection: usize,
+    /// How long a verified bearer token is trusted without a lookup, in seconds: the longest a
+    /// revoked token keeps working (0 looks every request up).
+    #[arg(long, env = "ANNALS_TOKEN_CACHE_SECS", default_value_t = 5)]
+    token_cache_secs: u64,
+    /// Most tokens kept in memory (valid and refused ones, each).
+    #[arg(long, env = "ANNALS_TOKEN_CACHE_CAPACITY", default_value_t = 10_000)]
+    token_cache_capacity: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -106,7 +114,7 @@ enum TokenCommand {
         #[arg(long)]
         tenant: Option<String>,
     },
-    /// Revoke a token by id; effective on its next request.
+    /// Revoke a token by id; running servers refuse it within their `--token-cache-secs`.
     Revoke {
         /// The token id printed by `create` and `list`.
         token_id: Uuid,
@@ -161,6 +169,11 @@ async fn serve(args: ServeArgs, store: EventStore, tokens: TokenStore) -> anyhow
         max_request_bytes: args.max_request_bytes,
         request_timeout: Duration::from_secs(args.request_timeout_secs),
         concurrency_per_connection: args.concurrency_per_connection,
+        token_cache: TokenCacheConfig {
+            ttl: Duration::from_secs(args.token_cache_secs),
+            capacity: args.token_cache_capacity,
+            ..TokenCacheConfig::default()
+        },
     };
     command_api::serve(
         store,

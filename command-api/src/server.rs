@@ -11,7 +11,7 @@ use schemas::v1::task_commands_server::TaskCommandsServer;
 use tokio::net::TcpListener;
 
 use crate::service::CommandService;
-use schemas::auth::TokenStore;
+use schemas::auth::{TokenCache, TokenCacheConfig, TokenStore};
 
 /// Limits and timeouts of the server (the binary fills it from flags and environment).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +23,8 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// Most concurrent requests per connection.
     pub concurrency_per_connection: usize,
+    /// Verified tokens in memory; its `ttl` is the revocation delay (see [`schemas::auth`]).
+    pub token_cache: TokenCacheConfig,
 }
 
 impl Default for ServerConfig {
@@ -31,6 +33,7 @@ impl Default for ServerConfig {
             max_request_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             concurrency_per_connection: 64,
+            token_cache: TokenCacheConfig::default(),
         }
     }
 }
@@ -56,7 +59,10 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let service = std::sync::Arc::new(CommandService::new(store, tokens));
+    let service = std::sync::Arc::new(CommandService::new(
+        store,
+        TokenCache::new(tokens, config.token_cache),
+    ));
     let limit = config.max_request_bytes;
     let problems =
         ProblemCommandsServer::from_arc(service.clone()).max_decoding_message_size(limit);

@@ -26,7 +26,7 @@ use tracing::field::Empty;
 use crate::convert;
 use crate::error::ApiError;
 use crate::handler::{CommandCall, Primary, Target, execute, execute_governed};
-use schemas::auth::{Principal, TokenStore};
+use schemas::auth::{Principal, TokenCache};
 
 /// Longest user agent kept in event metadata.
 const MAX_USER_AGENT_CHARS: usize = 256;
@@ -35,7 +35,7 @@ const MAX_USER_AGENT_CHARS: usize = 256;
 #[derive(Debug, Clone)]
 pub struct CommandService {
     store: EventStore,
-    tokens: TokenStore,
+    tokens: TokenCache,
 }
 
 /// Requests that carry a [`pb::CommandEnvelope`].
@@ -114,8 +114,8 @@ fn user_agent(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
 }
 
 impl CommandService {
-    /// A service appending to `store`, authenticating against `tokens`.
-    pub fn new(store: EventStore, tokens: TokenStore) -> Self {
+    /// A service appending to `store`, authenticating through `tokens`.
+    pub fn new(store: EventStore, tokens: TokenCache) -> Self {
         Self { store, tokens }
     }
 

@@ -1223,6 +1223,8 @@ fn url_of(pool: &PgPool) -> String {
 
 #[sqlx::test(migrator = "event_store::MIGRATOR")]
 async fn the_binary_manages_tokens_serves_and_stops_gracefully(pool: PgPool) {
+    /// `--token-cache-secs` of the served binary: how late a revocation may take effect.
+    const CACHE_SECS: u64 = 1;
     let bin = env!("CARGO_BIN_EXE_annals-command-api");
     let url = url_of(&pool);
     let run = |args: &[&str]| {
@@ -1257,6 +1259,7 @@ async fn the_binary_manages_tokens_serves_and_stops_gracefully(pool: PgPool) {
         std::process::Command::new(bin)
             .args(["serve", "--listen", &format!("127.0.0.1:{grpc}")])
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
+            .args(["--token-cache-secs", &CACHE_SECS.to_string()])
             .env("DATABASE_URL", &url)
             .env("RUST_LOG", "warn")
             .spawn()
@@ -1289,11 +1292,24 @@ async fn the_binary_manages_tokens_serves_and_stops_gracefully(pool: PgPool) {
         .and_then(|l| l.split_whitespace().next())
         .unwrap()
         .to_owned();
+    // Accepted right before the revocation (and so cached by the server)...
+    c.create_task(with_token(&token, task_req(&id())))
+        .await
+        .unwrap();
     run(&["token", "revoke", &token_id]);
-    expect_code(
-        c.create_task(with_token(&token, task_req(&id()))).await,
-        Code::Unauthenticated,
-    );
+    // ...and refused within the cache's bound (plus margin for a loaded machine).
+    let deadline = std::time::Instant::now() + Duration::from_secs(CACHE_SECS + 3);
+    loop {
+        match c.create_task(with_token(&token, task_req(&id()))).await {
+            Err(s) if s.code() == Code::Unauthenticated => break,
+            Ok(_) => assert!(
+                std::time::Instant::now() < deadline,
+                "a revoked token still works {CACHE_SECS} s after its revocation"
+            ),
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // SIGTERM: drain and exit 0.
     let pid = server.0.id().to_string();

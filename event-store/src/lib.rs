@@ -65,6 +65,8 @@
 //! - [`error`]: [`StoreError`], the one place where SQLSTATEs are interpreted.
 //! - `store`: [`EventStore`] append/read, checkpoints, position epochs.
 //! - [`writer`]: group commit: the dispatcher that forms groups and answers each append.
+//! - [`aggregate`]: the one fold loop: [`aggregate::load`] / [`aggregate::execute`] over
+//!   `aggregates::Aggregate` (read, upcast, evolve, decide, append at the right version).
 //! - `subscription`: [`Subscription`], the live catch-up subscription.
 //! - `notify`: [`Waker`], post-commit wake-ups coalesced per process (subscriptions, projections).
 //! - [`hash`] and `verify`: the hash chain and its verifier ([`VerifyReport`]);
@@ -73,6 +75,7 @@
 //!   `annals-relay` binary runs it on its own.
 //! - The schema lives in the workspace's `migrations/`; apply it with [`migrate`].
 
+pub mod aggregate;
 pub mod error;
 pub mod hash;
 mod notify;

@@ -1,23 +1,25 @@
 //! The annals query service: read models, summaries, the audit trail and event history over
 //! gRPC, scoped to the caller's tenant.
 //!
-//! Every RPC authenticates a bearer token ([`schemas::auth`]; every role may read its
-//! tenant's read models, history needs `admin` or `auditor`), waits for `min_position` when
-//! given and reads the position its answer reflects ([`reader`]), then runs its statements in
-//! one tenant-scoped, read-only transaction (`WHERE tenant_id = $1` on every statement, plus
-//! row-level security as a second wall). Lists are keyset-paginated with opaque tokens
-//! ([`cursor`]). History RPCs read the event store directly: events upcast through the
-//! aggregates' `from_stored`, state as of a version or instant folded with their `evolve`, and
+//! Every RPC is its validation plus one call of a skeleton (`service/mod.rs`): authenticate a
+//! bearer token from memory ([`schemas::auth::TokenCache`]; every role may read its tenant's
+//! read models, history needs `admin` or `auditor`), validate, read the position the answer
+//! reflects and wait for `min_position` only when it is not reached ([`reader`]), then run the
+//! statements in one tenant-scoped, read-only session (`WHERE tenant_id = $1` on every
+//! statement, plus row-level security as a second wall) and commit. Lists are
+//! keyset-paginated with opaque tokens ([`cursor`]). History RPCs read the event store
+//! directly: events upcast through the aggregates' `from_stored`, state as of a version or
+//! instant folded by the store's fold loop ([`event_store::aggregate::load_until`]), and
 //! hash-chain verification over a stream or a range of positions.
 //!
 //! # Layout
 //!
-//! - [`reader`]: projection positions, the bounded read-your-writes wait, tenant transactions.
+//! - [`reader`]: projection positions, the bounded read-your-writes wait, tenant sessions.
 //! - [`cursor`]: page sizes (default 50, max 500) and opaque keyset page tokens.
 //! - [`convert`]: request fields -> SQL values (validation), rows -> proto fields.
-//! - `service/`: [`QueryService`], one module per proto service (`problems`, `tasks`,
-//!   `sessions`, `governance`, `summaries`, `audit` with the streamed export and viewer
-//!   redaction, `history`).
+//! - `service/`: [`QueryService`] and its skeletons (`read`, `lookup`, `answer`), one module
+//!   per proto service (`problems`, `tasks`, `sessions`, `governance`, `summaries`, `audit`
+//!   with the streamed export and viewer redaction, `history`).
 //! - [`state`]: aggregate states as JSON for as-of replays.
 //! - [`error`]: [`QueryError`] and its mapping to gRPC statuses.
 //! - [`server`]: health, reflection, limits, graceful shutdown.

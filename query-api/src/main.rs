@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use query_api::{Reader, ServerConfig};
-use schemas::auth::TokenStore;
+use schemas::auth::{TokenCacheConfig, TokenStore};
 use sqlx::postgres::PgPoolOptions;
 
 /// annals gRPC query service.
@@ -74,6 +74,13 @@ struct ServeArgs {
     /// Most concurrent requests per client connection.
     #[arg(long, env = "ANNALS_CONCURRENCY_PER_CONNECTION", default_value_t = 64)]
     concurrency_per_connection: usize,
+    /// How long a verified bearer token is trusted without a lookup, in seconds: the longest a
+    /// revoked token keeps working (0 looks every request up).
+    #[arg(long, env = "ANNALS_TOKEN_CACHE_SECS", default_value_t = 5)]
+    token_cache_secs: u64,
+    /// Most tokens kept in memory (valid and refused ones, each).
+    #[arg(long, env = "ANNALS_TOKEN_CACHE_CAPACITY", default_value_t = 10_000)]
+    token_cache_capacity: usize,
 }
 
 #[tokio::main]
@@ -127,6 +134,11 @@ async fn serve(args: ServeArgs, pool: sqlx::PgPool) -> anyhow::Result<()> {
         max_request_bytes: args.max_request_bytes,
         request_timeout: Duration::from_secs(args.request_timeout_secs),
         concurrency_per_connection: args.concurrency_per_connection,
+        token_cache: TokenCacheConfig {
+            ttl: Duration::from_secs(args.token_cache_secs),
+            capacity: args.token_cache_capacity,
+            ..TokenCacheConfig::default()
+        },
     };
     query_api::serve(
         reader,

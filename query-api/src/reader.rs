@@ -33,6 +33,16 @@
 //! as the role `annals_reader` with `annals.tenant` set to the caller's tenant and
 //! `transaction_read_only` on; the policies of migration `20261123000030` then hide every other
 //! tenant's rows even from a query that forgot its filter, and nothing can be written.
+//!
+//! # Round trips
+//!
+//! [`Reader::enter`] reads the position in the statement that raises the second wall (it runs
+//! with the service's privileges, checked when the statement starts; the role applies from
+//! the next statement on), so a request costs `BEGIN`, that statement, its reads and `COMMIT`,
+//! and tokens come from memory. Without row-level security there is no transaction: the
+//! position and the reads are statements on one pooled connection. GetTask goes further with
+//! PL/pgSQL functions that raise the wall inside themselves (migration `20261202000300`): the
+//! position and the task in one statement, the reminders in a second, no transaction.
 
 use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
@@ -117,38 +127,107 @@ macro_rules! high_water {
     };
 }
 
-/// Position of a projection consuming some stream types: one indexed probe per type for the
-/// first unapplied event.
-const TYPED_POSITION: &str = concat!(
-    "WITH cp AS (SELECT coalesce((SELECT position FROM subscription_checkpoints \
-                                    WHERE name = $1), 0) AS p), ",
-    high_water!(),
-    ", nx AS (SELECT min(n.global_position) AS p FROM unnest($2::text[]) AS t(stream_type) \
-         CROSS JOIN LATERAL (SELECT e.global_position FROM events e \
-                              WHERE e.stream_type = t.stream_type \
-                                AND e.global_position > (SELECT p FROM cp) \
-                              ORDER BY e.global_position LIMIT 1) n) \
-     SELECT GREATEST(cp.p, CASE WHEN nx.p IS NULL THEN hw.p ELSE LEAST(hw.p, nx.p - 1) END) \
-       FROM cp, hw, nx"
-);
+/// Position of a projection consuming some stream types (`$1` checkpoint, `$2` types): one
+/// indexed probe per type for the first unapplied event.
+macro_rules! typed_position {
+    () => {
+        concat!(
+            "WITH cp AS (SELECT coalesce((SELECT position FROM subscription_checkpoints \
+                                            WHERE name = $1), 0) AS p), ",
+            $crate::reader::high_water!(),
+            ", nx AS (SELECT min(n.global_position) AS p FROM unnest($2::text[]) AS t(stream_type) \
+                 CROSS JOIN LATERAL (SELECT e.global_position FROM events e \
+                                      WHERE e.stream_type = t.stream_type \
+                                        AND e.global_position > (SELECT p FROM cp) \
+                                      ORDER BY e.global_position LIMIT 1) n) \
+             SELECT GREATEST(cp.p, CASE WHEN nx.p IS NULL THEN hw.p ELSE LEAST(hw.p, nx.p - 1) END) \
+                    AS p \
+               FROM cp, hw, nx"
+        )
+    };
+}
+pub(crate) use {high_water, typed_position};
 
-/// Position of a projection consuming every stream type.
-const ALL_POSITION: &str = concat!(
-    "WITH cp AS (SELECT coalesce((SELECT position FROM subscription_checkpoints \
-                                    WHERE name = $1), 0) AS p), ",
-    high_water!(),
-    ", nx AS (SELECT min(global_position) AS p FROM events \
-              WHERE global_position > (SELECT p FROM cp)) \
-     SELECT GREATEST(cp.p, CASE WHEN nx.p IS NULL THEN hw.p ELSE LEAST(hw.p, nx.p - 1) END) \
-       FROM cp, hw, nx"
-);
+/// Position of a projection consuming every stream type (`$1` checkpoint).
+macro_rules! all_position {
+    () => {
+        concat!(
+            "WITH cp AS (SELECT coalesce((SELECT position FROM subscription_checkpoints \
+                                            WHERE name = $1), 0) AS p), ",
+            high_water!(),
+            ", nx AS (SELECT min(global_position) AS p FROM events \
+                      WHERE global_position > (SELECT p FROM cp)) \
+             SELECT GREATEST(cp.p, CASE WHEN nx.p IS NULL THEN hw.p ELSE LEAST(hw.p, nx.p - 1) END) \
+                    AS p \
+               FROM cp, hw, nx"
+        )
+    };
+}
 
-const STORE_POSITION: &str = concat!("WITH ", high_water!(), " SELECT p FROM hw");
+/// Position of the store itself (no parameters).
+macro_rules! store_position {
+    () => {
+        concat!("WITH ", high_water!(), " SELECT p FROM hw")
+    };
+}
+
+/// Raises the second wall (see the module docs) from the position statement of the same
+/// transaction, so that position and wall cost one round trip. The position is read with the
+/// login's privileges: those are checked when the statement starts, before the role changes;
+/// the role applies from the next statement on. `$n` is the tenant.
+macro_rules! enter_tenant_reading {
+    ($position:expr, $n:literal) => {
+        concat!(
+            "WITH pos AS MATERIALIZED (",
+            $position,
+            ") SELECT pos.p, set_config('role', 'annals_reader', true), \
+                      set_config('annals.tenant', $",
+            $n,
+            ", true), set_config('transaction_read_only', 'on', true) FROM pos"
+        )
+    };
+}
+
+const TYPED_POSITION: &str = typed_position!();
+const ALL_POSITION: &str = all_position!();
+const STORE_POSITION: &str = store_position!();
+const ENTER_TYPED: &str = enter_tenant_reading!(typed_position!(), "3");
+const ENTER_ALL: &str = enter_tenant_reading!(all_position!(), "2");
+const ENTER_STORE: &str = enter_tenant_reading!(store_position!(), "1");
 
 /// Applies the second wall (see the module docs) to a fresh transaction.
 const ENTER_TENANT: &str = "SELECT set_config('role', 'annals_reader', true), \
             set_config('annals.tenant', $1, true), \
             set_config('transaction_read_only', 'on', true)";
+
+/// Where a request's statements run: a tenant-scoped read-only transaction (row-level security
+/// on) or a pooled connection in autocommit (off: every statement filters by tenant itself,
+/// and a transaction would only add its `BEGIN` and `COMMIT` round trips).
+#[derive(Debug)]
+pub enum Session {
+    /// Row-level security on.
+    Tenant(Transaction<'static, Postgres>),
+    /// Row-level security off.
+    Plain(sqlx::pool::PoolConnection<Postgres>),
+}
+
+impl Session {
+    /// The connection to run statements on.
+    pub fn conn(&mut self) -> &mut sqlx::PgConnection {
+        match self {
+            Session::Tenant(tx) => tx,
+            Session::Plain(c) => c,
+        }
+    }
+
+    /// Ends the request's reads (commits the read-only transaction).
+    pub async fn finish(self) -> Result<(), QueryError> {
+        if let Session::Tenant(tx) = self {
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+}
 
 /// Reads positions and opens tenant-scoped transactions.
 #[derive(Debug, Clone)]
@@ -196,6 +275,18 @@ impl Reader {
     /// The pool.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Whether requests run behind the second wall (see the module docs).
+    pub fn row_level_security(&self) -> bool {
+        self.row_level_security
+    }
+
+    /// Checkpoint name and stream types of `model` when it consumes some stream types: the
+    /// `$1` and `$2` of a statement that reads its position with [`typed_position!`].
+    pub(crate) fn typed(&self, model: Model) -> Option<(&str, &[String])> {
+        let tracked = self.tracked[model.index()?].as_ref()?;
+        Some((tracked.checkpoint.as_str(), tracked.types.as_deref()?))
     }
 
     /// The position `model` reflects now.
@@ -265,6 +356,56 @@ impl Reader {
         Ok(tx)
     }
 
+    /// Opens the request's [`Session`] for `tenant` and reads the position `model` reflects in
+    /// the same statement; when that is below `min_position`, waits for it ([`Reader::reach`])
+    /// and opens a new session. Round trips: `BEGIN` and one statement with row-level security
+    /// (plus the data and `COMMIT`), one statement without.
+    ///
+    /// The position is read before the data (an earlier statement, or the same snapshot), so
+    /// the data is at least as new as the position returned.
+    pub async fn enter(
+        &self,
+        tenant: &str,
+        model: Model,
+        min_position: i64,
+    ) -> Result<(Session, i64), QueryError> {
+        let (session, position) = self.open(tenant, model).await?;
+        if position >= min_position {
+            return Ok((session, position));
+        }
+        // Not there yet: no session is held while waiting.
+        drop(session);
+        let reached = self.reach(model, min_position).await?;
+        let (session, position) = self.open(tenant, model).await?;
+        Ok((session, position.max(reached)))
+    }
+
+    async fn open(&self, tenant: &str, model: Model) -> Result<(Session, i64), QueryError> {
+        let tracked = model.index().and_then(|i| self.tracked[i].as_ref());
+        if !self.row_level_security {
+            let mut conn = self.pool.acquire().await?;
+            let position = position(&mut *conn, tracked).await?;
+            return Ok((Session::Plain(conn), position));
+        }
+        let mut tx = self.pool.begin().await?;
+        let query = match tracked {
+            Some(Tracked {
+                checkpoint,
+                types: Some(types),
+            }) => sqlx::query_scalar(ENTER_TYPED)
+                .bind(checkpoint)
+                .bind(types)
+                .bind(tenant),
+            Some(Tracked {
+                checkpoint,
+                types: None,
+            }) => sqlx::query_scalar(ENTER_ALL).bind(checkpoint).bind(tenant),
+            None => sqlx::query_scalar(ENTER_STORE).bind(tenant),
+        };
+        let position: Option<i64> = query.fetch_one(&mut *tx).await?;
+        Ok((Session::Tenant(tx), position.unwrap_or(0)))
+    }
+
     /// Checks at start that the second wall can be raised (the role exists and this login may
     /// assume it), so that a misconfiguration fails loudly instead of on every request.
     pub async fn probe(&self) -> Result<(), QueryError> {
@@ -278,7 +419,10 @@ impl Reader {
 }
 
 /// The position a projection (or, for `None`, the store) reflects now: one statement.
-async fn position(pool: &PgPool, tracked: Option<&Tracked>) -> Result<i64, QueryError> {
+async fn position<'e>(
+    pool: impl sqlx::PgExecutor<'e>,
+    tracked: Option<&Tracked>,
+) -> Result<i64, QueryError> {
     let position: Option<i64> = match tracked {
         Some(Tracked {
             checkpoint,

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use schemas::auth::TokenStore;
+use schemas::auth::{TokenCache, TokenCacheConfig, TokenStore};
 use schemas::v1::agent_session_queries_server::AgentSessionQueriesServer;
 use schemas::v1::audit_queries_server::AuditQueriesServer;
 use schemas::v1::governance_queries_server::GovernanceQueriesServer;
@@ -27,6 +27,8 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// Most concurrent requests per connection.
     pub concurrency_per_connection: usize,
+    /// Verified tokens in memory; its `ttl` is the revocation delay (see [`schemas::auth`]).
+    pub token_cache: TokenCacheConfig,
 }
 
 impl Default for ServerConfig {
@@ -35,6 +37,7 @@ impl Default for ServerConfig {
             max_request_bytes: 64 * 1024,
             request_timeout: Duration::from_secs(30),
             concurrency_per_connection: 64,
+            token_cache: TokenCacheConfig::default(),
         }
     }
 }
@@ -81,7 +84,10 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let service = Arc::new(QueryService::new(reader, tokens));
+    let service = Arc::new(QueryService::new(
+        reader,
+        TokenCache::new(tokens, config.token_cache),
+    ));
     let limit = config.max_request_bytes;
 
     let (health, health_service) = tonic_health::server::health_reporter();

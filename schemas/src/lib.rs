@@ -16,7 +16,8 @@
 //! - [`v1`]: generated messages, clients (`*_client`) and servers (`*_server`).
 //! - [`FILE_DESCRIPTOR_SET`]: encoded descriptors of every file, for gRPC reflection.
 //! - [`auth`]: the API-edge contract both services share: bearer-token format, roles,
-//!   [`auth::Principal`], and the token store (`api_tokens`, SHA-256 hashed).
+//!   [`auth::Principal`], the token store (`api_tokens`, SHA-256 hashed) and the cache both
+//!   services verify tokens through ([`auth::TokenCache`], bounded revocation delay).
 //! - [`runtime`]: process plumbing both services share (shutdown signal, bounded drain,
 //!   Prometheus endpoint).
 

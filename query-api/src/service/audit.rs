@@ -17,7 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::{EXPORT_BUFFER, EXPORT_PAGE, QueryService, observe};
+use super::{EXPORT_BUFFER, EXPORT_PAGE, QueryService};
 use crate::convert::{self, s, ts};
 use crate::cursor::{Cursor, page_size, paginate};
 use crate::error::QueryError;
@@ -91,7 +91,8 @@ impl Filter {
         })
     }
 
-    /// Rows after `after` and at most `upto`, at most `limit` of them.
+    /// Rows after `after` and at most `upto`, at most `limit` of them, in a session of its own
+    /// (each page of an export).
     async fn page(
         &self,
         reader: &Reader,
@@ -101,6 +102,20 @@ impl Filter {
         limit: i64,
     ) -> Result<Vec<AuditRow>, QueryError> {
         let mut tx = reader.begin(tenant).await?;
+        let rows = self.page_on(&mut tx, tenant, after, upto, limit).await?;
+        tx.commit().await?;
+        Ok(rows)
+    }
+
+    /// Like [`Filter::page`], on the request's session.
+    async fn page_on(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        tenant: &str,
+        after: i64,
+        upto: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditRow>, QueryError> {
         let rows = sqlx::query_as(PAGE_SQL)
             .bind(tenant)
             .bind(&self.resource_type)
@@ -112,9 +127,8 @@ impl Filter {
             .bind(after)
             .bind(upto)
             .bind(limit)
-            .fetch_all(&mut *tx)
+            .fetch_all(conn)
             .await?;
-        tx.commit().await?;
         Ok(rows)
     }
 }
@@ -170,27 +184,43 @@ impl AuditQueries for QueryService {
         request: Request<pb::ListAuditTrailRequest>,
     ) -> Result<Response<pb::ListAuditTrailResponse>, Status> {
         const RPC: &str = "ListAuditTrail";
-        observe(RPC, async {
-            let principal = self.principal(request.metadata()).await?;
-            let req = request.get_ref();
-            let limit = page_size(req.page_size)?;
-            let after = match Cursor::decode(&req.page_token, RPC, 1)? {
-                Some(c) => c.int(0)?,
-                None => 0,
-            };
-            let filter = Filter::parse(req.filter.as_ref(), &principal)?;
-            let position = self.reader.reach(Model::Audit, req.min_position).await?;
-            let rows = filter
-                .page(&self.reader, &principal.tenant, after, i64::MAX, limit + 1)
-                .await?;
-            let (rows, next_page_token) =
-                paginate(rows, limit, RPC, |r| vec![r.global_position.to_string()]);
-            Ok(pb::ListAuditTrailResponse {
-                position,
-                next_page_token,
-                entries: rows.into_iter().map(|r| entry(r, principal.role)).collect(),
-            })
-        })
+        self.read(
+            RPC,
+            request,
+            Model::Audit,
+            |req, principal| {
+                let limit = page_size(req.page_size)?;
+                let after = match Cursor::decode(&req.page_token, RPC, 1)? {
+                    Some(c) => c.int(0)?,
+                    None => 0,
+                };
+                let filter = Filter::parse(req.filter.as_ref(), principal)?;
+                Ok((limit, after, filter))
+            },
+            |q, _, (limit, after, filter)| {
+                Box::pin(async move {
+                    let rows = filter
+                        .page_on(
+                            &mut *q.conn,
+                            &q.principal.tenant,
+                            after,
+                            i64::MAX,
+                            limit + 1,
+                        )
+                        .await?;
+                    let (rows, next_page_token) =
+                        paginate(rows, limit, RPC, |r| vec![r.global_position.to_string()]);
+                    Ok(pb::ListAuditTrailResponse {
+                        position: q.position,
+                        next_page_token,
+                        entries: rows
+                            .into_iter()
+                            .map(|r| entry(r, q.principal.role))
+                            .collect(),
+                    })
+                })
+            },
+        )
         .await
     }
 
@@ -200,49 +230,59 @@ impl AuditQueries for QueryService {
         &self,
         request: Request<pb::ExportAuditTrailRequest>,
     ) -> Result<Response<Self::ExportAuditTrailStream>, Status> {
-        observe("ExportAuditTrail", async {
-            let principal = self.principal(request.metadata()).await?;
-            let req = request.get_ref();
-            let filter = Filter::parse(req.filter.as_ref(), &principal)?;
-            // The export ends at the position it starts at, so that it is a fixed set of rows
-            // however long the client takes to read it.
-            let upto = self.reader.reach(Model::Audit, req.min_position).await?;
-            let (tx, rx) = tokio::sync::mpsc::channel(EXPORT_BUFFER);
-            let reader = self.reader.clone();
-            let span = tracing::Span::current();
-            tokio::spawn(async move {
-                let mut after = 0;
-                let mut sent: u64 = 0;
-                loop {
-                    let rows = match filter
-                        .page(&reader, &principal.tenant, after, upto, EXPORT_PAGE)
-                        .await
-                    {
-                        Ok(rows) => rows,
-                        Err(err) => {
-                            // The client learns that the export is incomplete.
-                            let _ = tx.send(Err(Status::from(err))).await;
-                            return;
+        // The export ends at the position it starts at (the position reached), so that it is a
+        // fixed set of rows however long the client takes to read it.
+        self.answer(
+            "ExportAuditTrail",
+            request,
+            Model::Audit,
+            |req, principal| Filter::parse(req.filter.as_ref(), principal),
+            |c, _, filter| {
+                Box::pin(async move {
+                    let upto = c.position;
+                    let (tx, rx) = tokio::sync::mpsc::channel(EXPORT_BUFFER);
+                    let reader = c.service.reader.clone();
+                    let principal = c.principal.clone();
+                    let span = tracing::Span::current();
+                    tokio::spawn(async move {
+                        let mut after = 0;
+                        let mut sent: u64 = 0;
+                        loop {
+                            let rows = match filter
+                                .page(&reader, &principal.tenant, after, upto, EXPORT_PAGE)
+                                .await
+                            {
+                                Ok(rows) => rows,
+                                Err(err) => {
+                                    // The client learns that the export is incomplete.
+                                    let _ = tx.send(Err(Status::from(err))).await;
+                                    return;
+                                }
+                            };
+                            let last_page = (rows.len() as i64) < EXPORT_PAGE;
+                            for row in rows {
+                                after = row.global_position;
+                                // A closed channel means the client went away: stop reading.
+                                if tx.send(Ok(entry(row, principal.role))).await.is_err() {
+                                    tracing::info!(
+                                        parent: &span,
+                                        sent,
+                                        "export cancelled by the client"
+                                    );
+                                    return;
+                                }
+                                sent += 1;
+                            }
+                            if last_page {
+                                tracing::info!(parent: &span, sent, upto, "export finished");
+                                return;
+                            }
                         }
-                    };
-                    let last_page = (rows.len() as i64) < EXPORT_PAGE;
-                    for row in rows {
-                        after = row.global_position;
-                        // A closed channel means the client went away: stop reading.
-                        if tx.send(Ok(entry(row, principal.role))).await.is_err() {
-                            tracing::info!(parent: &span, sent, "export cancelled by the client");
-                            return;
-                        }
-                        sent += 1;
-                    }
-                    if last_page {
-                        tracing::info!(parent: &span, sent, upto, "export finished");
-                        return;
-                    }
-                }
-            });
-            Ok(ReceiverStream::new(rx))
-        })
+                    });
+                    Ok(ReceiverStream::new(rx))
+                })
+            },
+        )
         .await
     }
 }

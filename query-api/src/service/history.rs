@@ -9,20 +9,18 @@ use aggregates::problem::Problem;
 use aggregates::task::Task;
 use aggregates::{Aggregate, DomainEvent};
 use chrono::{DateTime, Utc};
+use event_store::aggregate;
 use event_store::{Direction, Position, RecordedEvent, StreamId, VerifyReport};
 use schemas::v1 as pb;
 use schemas::v1::history_queries_server::HistoryQueries;
 use serde_json::Value;
 use tonic::{Request, Response, Status};
 
-use super::{QueryService, observe};
+use super::QueryService;
 use crate::convert::{self, ts};
 use crate::error::QueryError;
 use crate::reader::Model;
 use crate::state;
-
-/// Events per store read while folding a stream.
-const FOLD_PAGE: u32 = 1_000;
 
 /// Where an as-of replay stops.
 #[derive(Debug, Clone, Copy)]
@@ -78,39 +76,21 @@ fn history_event(event: &RecordedEvent) -> Result<pb::HistoryEvent, QueryError> 
     })
 }
 
-/// Folds the stream of aggregate `A` up to `as_of`, page by page; returns the state as JSON,
-/// the last folded event's version and recording time.
+/// Folds the stream of aggregate `A` up to `as_of` with the store's fold loop
+/// ([`event_store::aggregate::load_until`]); returns the state as JSON, the last folded
+/// event's version and recording time.
 async fn fold<A: Aggregate>(
     service: &QueryService,
+    tenant: &str,
     stream: &StreamId,
     as_of: AsOf,
     to_json: fn(&A::State) -> Value,
 ) -> Result<(Value, u64, Option<DateTime<Utc>>), QueryError> {
-    let mut state = A::State::default();
-    let mut version = 0;
-    let mut recorded_at = None;
-    'pages: loop {
-        let events = service
-            .store
-            .read_stream(stream, version + 1, Direction::Forward, FOLD_PAGE)
-            .await?;
-        let full = events.len() == FOLD_PAGE as usize;
-        for event in &events {
-            if !as_of.includes(event) {
-                break 'pages;
-            }
-            let payload = event.payload_json()?;
-            let domain = A::Event::from_stored(&event.event_type, event.schema_version, payload)
-                .map_err(|e| QueryError::Corrupt(format!("event {}: {e}", event.event_id)))?;
-            state = A::evolve(state, &domain);
-            version = event.stream_version;
-            recorded_at = Some(event.recorded_at);
-        }
-        if !full {
-            break;
-        }
-    }
-    Ok((to_json(&state), version, recorded_at))
+    let loaded = aggregate::load_until::<A>(&service.store, tenant, stream, |e| as_of.includes(e))
+        .await?
+        // `own_stream` found the stream to be the tenant's; another type means it changed.
+        .ok_or_else(|| QueryError::NotFound(format!("stream {stream}")))?;
+    Ok((to_json(&loaded.state), loaded.version, loaded.recorded_at))
 }
 
 fn tampered(t: &event_store::Tampering) -> pb::TamperedEvent {
@@ -180,43 +160,75 @@ impl QueryService {
     }
 }
 
+/// Where a range verification starts and ends (validated).
+fn range(range: &pb::PositionRange) -> Result<(Position, Position), QueryError> {
+    if range.from_position < 0 || range.to_position < 0 {
+        return Err(QueryError::invalid(
+            "range",
+            "positions must not be negative",
+        ));
+    }
+    let to = if range.to_position == 0 {
+        i64::MAX
+    } else {
+        range.to_position
+    };
+    if to < range.from_position {
+        return Err(QueryError::invalid(
+            "range.to_position",
+            "must not be below from_position",
+        ));
+    }
+    Ok((Position(range.from_position), Position(to)))
+}
+
 #[tonic::async_trait]
 impl HistoryQueries for QueryService {
     async fn read_stream(
         &self,
         request: Request<pb::ReadStreamRequest>,
     ) -> Result<Response<pb::ReadStreamResponse>, Status> {
-        observe("ReadStream", async {
-            let principal = self.principal(request.metadata()).await?;
-            principal.require_history()?;
-            let req = request.get_ref();
-            let limit = crate::cursor::page_size(req.max_count)
-                .map_err(|_| QueryError::invalid("max_count", "must be at most 500"))?;
-            let position = self.reader.reach(Model::Store, req.min_position).await?;
-            let (stream, _) = self.own_stream(&principal.tenant, &req.stream_id).await?;
-            let from = req.from_version.max(1);
-            // One more than asked tells whether the stream continues.
-            let mut events = self
-                .store
-                .read_stream(
-                    &stream,
-                    from,
-                    Direction::Forward,
-                    u32::try_from(limit + 1).unwrap_or(u32::MAX),
-                )
-                .await?;
-            let more = events.len() as i64 > limit;
-            events.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-            let next_from_version = match (more, events.last()) {
-                (true, Some(last)) => last.stream_version + 1,
-                _ => 0,
-            };
-            Ok(pb::ReadStreamResponse {
-                position,
-                events: events.iter().map(history_event).collect::<Result<_, _>>()?,
-                next_from_version,
-            })
-        })
+        self.answer(
+            "ReadStream",
+            request,
+            Model::Store,
+            |req, principal| {
+                principal.require_history()?;
+                crate::cursor::page_size(req.max_count)
+                    .map_err(|_| QueryError::invalid("max_count", "must be at most 500"))
+            },
+            |c, req, limit| {
+                Box::pin(async move {
+                    let (stream, _) = c
+                        .service
+                        .own_stream(&c.principal.tenant, &req.stream_id)
+                        .await?;
+                    let from = req.from_version.max(1);
+                    // One more than asked tells whether the stream continues.
+                    let mut events = c
+                        .service
+                        .store
+                        .read_stream(
+                            &stream,
+                            from,
+                            Direction::Forward,
+                            u32::try_from(limit + 1).unwrap_or(u32::MAX),
+                        )
+                        .await?;
+                    let more = events.len() as i64 > limit;
+                    events.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+                    let next_from_version = match (more, events.last()) {
+                        (true, Some(last)) => last.stream_version + 1,
+                        _ => 0,
+                    };
+                    Ok(pb::ReadStreamResponse {
+                        position: c.position,
+                        events: events.iter().map(history_event).collect::<Result<_, _>>()?,
+                        next_from_version,
+                    })
+                })
+            },
+        )
         .await
     }
 
@@ -224,55 +236,67 @@ impl HistoryQueries for QueryService {
         &self,
         request: Request<pb::GetStateAsOfRequest>,
     ) -> Result<Response<pb::GetStateAsOfResponse>, Status> {
-        observe("GetStateAsOf", async {
-            let principal = self.principal(request.metadata()).await?;
-            principal.require_history()?;
-            let req = request.get_ref();
-            let as_of = match &req.as_of {
-                Some(pb::get_state_as_of_request::AsOf::Version(v)) => AsOf::Version(*v),
-                Some(pb::get_state_as_of_request::AsOf::At(t)) => AsOf::At(
-                    convert::time("at", Some(t))?
-                        .ok_or_else(|| QueryError::invalid("at", "is required"))?,
-                ),
-                None => return Err(QueryError::invalid("as_of", "set version or at")),
-            };
-            let position = self.reader.reach(Model::Store, req.min_position).await?;
-            let (stream, stream_type) = self.own_stream(&principal.tenant, &req.stream_id).await?;
-            let (state, version, recorded_at) = match stream_type.as_str() {
-                Problem::STREAM_TYPE => {
-                    fold::<Problem>(self, &stream, as_of, |s| {
-                        s.as_ref().map_or(Value::Null, state::problem)
-                    })
-                    .await?
+        self.answer(
+            "GetStateAsOf",
+            request,
+            Model::Store,
+            |req, principal| {
+                principal.require_history()?;
+                match &req.as_of {
+                    Some(pb::get_state_as_of_request::AsOf::Version(v)) => Ok(AsOf::Version(*v)),
+                    Some(pb::get_state_as_of_request::AsOf::At(t)) => Ok(AsOf::At(
+                        convert::time("at", Some(t))?
+                            .ok_or_else(|| QueryError::invalid("at", "is required"))?,
+                    )),
+                    None => Err(QueryError::invalid("as_of", "set version or at")),
                 }
-                Task::STREAM_TYPE => {
-                    fold::<Task>(self, &stream, as_of, |s| {
-                        s.as_ref().map_or(Value::Null, state::task)
+            },
+            |c, req, as_of| {
+                Box::pin(async move {
+                    let service = c.service;
+                    let tenant = c.principal.tenant.as_str();
+                    let (stream, stream_type) = service.own_stream(tenant, &req.stream_id).await?;
+                    let (state, version, recorded_at) = match stream_type.as_str() {
+                        Problem::STREAM_TYPE => {
+                            fold::<Problem>(service, tenant, &stream, as_of, |s| {
+                                s.as_ref().map_or(Value::Null, state::problem)
+                            })
+                            .await?
+                        }
+                        Task::STREAM_TYPE => {
+                            fold::<Task>(service, tenant, &stream, as_of, |s| {
+                                s.as_ref().map_or(Value::Null, state::task)
+                            })
+                            .await?
+                        }
+                        AgentSession::STREAM_TYPE => {
+                            fold::<AgentSession>(service, tenant, &stream, as_of, |s| {
+                                s.as_ref().map_or(Value::Null, state::agent_session)
+                            })
+                            .await?
+                        }
+                        GovernanceDecision::STREAM_TYPE => {
+                            fold::<GovernanceDecision>(service, tenant, &stream, as_of, |s| {
+                                serde_json::to_value(s).unwrap_or(Value::Null)
+                            })
+                            .await?
+                        }
+                        other => {
+                            return Err(QueryError::Corrupt(format!(
+                                "unknown stream type {other}"
+                            )));
+                        }
+                    };
+                    Ok(pb::GetStateAsOfResponse {
+                        position: c.position,
+                        stream_type,
+                        version,
+                        recorded_at: recorded_at.map(ts),
+                        state_json: state.to_string(),
                     })
-                    .await?
-                }
-                AgentSession::STREAM_TYPE => {
-                    fold::<AgentSession>(self, &stream, as_of, |s| {
-                        s.as_ref().map_or(Value::Null, state::agent_session)
-                    })
-                    .await?
-                }
-                GovernanceDecision::STREAM_TYPE => {
-                    fold::<GovernanceDecision>(self, &stream, as_of, |s| {
-                        serde_json::to_value(s).unwrap_or(Value::Null)
-                    })
-                    .await?
-                }
-                other => return Err(QueryError::Corrupt(format!("unknown stream type {other}"))),
-            };
-            Ok(pb::GetStateAsOfResponse {
-                position,
-                stream_type,
-                version,
-                recorded_at: recorded_at.map(ts),
-                state_json: state.to_string(),
-            })
-        })
+                })
+            },
+        )
         .await
     }
 
@@ -280,46 +304,41 @@ impl HistoryQueries for QueryService {
         &self,
         request: Request<pb::VerifyIntegrityRequest>,
     ) -> Result<Response<pb::VerifyIntegrityResponse>, Status> {
-        observe("VerifyIntegrity", async {
-            let principal = self.principal(request.metadata()).await?;
-            principal.require_history()?;
-            let req = request.get_ref();
-            let position = self.reader.reach(Model::Store, req.min_position).await?;
-            let report = match &req.scope {
-                Some(pb::verify_integrity_request::Scope::StreamId(raw)) => {
-                    let (stream, _) = self.own_stream(&principal.tenant, raw).await?;
-                    self.store.verify_stream(&stream).await?
+        self.answer(
+            "VerifyIntegrity",
+            request,
+            Model::Store,
+            |req, principal| {
+                principal.require_history()?;
+                match &req.scope {
+                    Some(pb::verify_integrity_request::Scope::StreamId(_)) => Ok(None),
+                    Some(pb::verify_integrity_request::Scope::Range(r)) => range(r).map(Some),
+                    None => Err(QueryError::invalid("scope", "set stream_id or range")),
                 }
-                Some(pb::verify_integrity_request::Scope::Range(range)) => {
-                    if range.from_position < 0 || range.to_position < 0 {
-                        return Err(QueryError::invalid(
-                            "range",
-                            "positions must not be negative",
-                        ));
-                    }
-                    let to = if range.to_position == 0 {
-                        i64::MAX
-                    } else {
-                        range.to_position
+            },
+            |c, req, positions| {
+                Box::pin(async move {
+                    let tenant = c.principal.tenant.as_str();
+                    let report = match (positions, &req.scope) {
+                        (Some((from, to)), _) => {
+                            c.service
+                                .store
+                                .verify_positions(from, to, Some(tenant))
+                                .await?
+                        }
+                        (None, Some(pb::verify_integrity_request::Scope::StreamId(raw))) => {
+                            let (stream, _) = c.service.own_stream(tenant, raw).await?;
+                            c.service.store.verify_stream(&stream).await?
+                        }
+                        // Validation let through a range or a stream id only.
+                        (None, _) => {
+                            return Err(QueryError::invalid("scope", "set stream_id or range"));
+                        }
                     };
-                    if to < range.from_position {
-                        return Err(QueryError::invalid(
-                            "range.to_position",
-                            "must not be below from_position",
-                        ));
-                    }
-                    self.store
-                        .verify_positions(
-                            Position(range.from_position),
-                            Position(to),
-                            Some(&principal.tenant),
-                        )
-                        .await?
-                }
-                None => return Err(QueryError::invalid("scope", "set stream_id or range")),
-            };
-            self.verify_response(position, report).await
-        })
+                    c.service.verify_response(c.position, report).await
+                })
+            },
+        )
         .await
     }
 }

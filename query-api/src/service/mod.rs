@@ -1,22 +1,31 @@
 //! The tonic service implementations. One [`QueryService`] implements every query service
-//! trait; each RPC goes through [`observe`] (span, latency histogram, error mapping) and starts
-//! with [`QueryService::principal`] (authentication).
+//! trait; each RPC is its validation plus one call of a skeleton:
 //!
-//! The shape of every read RPC: authenticate -> validate the request -> wait for `min_position`
-//! and read the position ([`Reader::reach`]) -> one tenant-scoped transaction with one statement
-//! per kind of row (a get with children is a fixed number of statements, never one per row).
+//! - [`QueryService::read`] (read models): span, metrics and error mapping ([`observe`]) ->
+//!   principal (token cache, no round trip) -> validation -> the tenant session with the
+//!   position read in the same statement, waiting for `min_position` only when it is not
+//!   reached yet ([`Reader::enter`]) -> the RPC's statements (one per kind of row: a get with
+//!   children is a fixed number of statements, never one per row) -> commit.
+//! - [`QueryService::answer`] (history and streamed exports, which read the store or page on
+//!   their own): the same without the session: position reached ([`Reader::reach`]), then the
+//!   RPC's work.
+//!
+//! Page tokens are decoded in validation ([`crate::cursor::Cursor::decode`]) and issued from the
+//! rows ([`crate::cursor::paginate`]).
 
 use std::future::Future;
 use std::time::Instant;
 
 use event_store::EventStore;
-use schemas::auth::{Principal, TokenStore};
-use tonic::{Response, Status};
+use futures::future::BoxFuture;
+use schemas::auth::{Principal, TokenCache};
+use sqlx::PgConnection;
+use tonic::{Request, Response, Status};
 use tracing::Instrument;
 use tracing::field::Empty;
 
 use crate::error::QueryError;
-use crate::reader::Reader;
+use crate::reader::{Model, Reader};
 
 mod audit;
 mod governance;
@@ -37,12 +46,12 @@ const EXPORT_BUFFER: usize = 1_000;
 pub struct QueryService {
     reader: Reader,
     store: EventStore,
-    tokens: TokenStore,
+    tokens: TokenCache,
 }
 
 impl QueryService {
     /// A service reading through `reader` and authenticating against `tokens`.
-    pub fn new(reader: Reader, tokens: TokenStore) -> Self {
+    pub fn new(reader: Reader, tokens: TokenCache) -> Self {
         let store = EventStore::new(reader.pool().clone());
         Self {
             reader,
@@ -62,6 +71,205 @@ impl QueryService {
         span.record("actor", principal.actor.as_str());
         span.record("role", principal.role.as_str());
         Ok(principal)
+    }
+}
+
+/// Requests that carry `min_position` (every query request).
+pub(crate) trait MinPosition {
+    /// The position the caller wants reflected (<= 0: any).
+    fn min_position(&self) -> i64;
+}
+
+macro_rules! min_position {
+    ($($t:ident),+ $(,)?) => {
+        $(impl MinPosition for schemas::v1::$t {
+            fn min_position(&self) -> i64 {
+                self.min_position
+            }
+        })+
+    };
+}
+
+min_position!(
+    ExportAuditTrailRequest,
+    GetIssueTreeRequest,
+    GetProblemPipelineRequest,
+    GetProblemRequest,
+    GetSessionRequest,
+    GetStateAsOfRequest,
+    GetTaskRequest,
+    ListActiveSessionsRequest,
+    ListApprovalRatesRequest,
+    ListAuditTrailRequest,
+    ListDailyCostsRequest,
+    ListDecisionsRequest,
+    ListDueRemindersRequest,
+    ListProblemsRequest,
+    ListRecommendationsRequest,
+    ListSessionsRequest,
+    ListTaskSummariesRequest,
+    ListTasksRequest,
+    ListUserActivityRequest,
+    ReadStreamRequest,
+    VerifyIntegrityRequest,
+);
+
+/// What [`QueryService::read`] hands an RPC's work.
+pub(crate) struct Scope<'t> {
+    /// Who asks.
+    pub principal: &'t Principal,
+    /// The position the answer reflects.
+    pub position: i64,
+    /// The tenant session's connection.
+    pub conn: &'t mut PgConnection,
+}
+
+impl<'t> Scope<'t> {
+    /// The caller's tenant.
+    pub(crate) fn tenant(&self) -> &'t str {
+        &self.principal.tenant
+    }
+}
+
+/// What [`QueryService::lookup`] hands an RPC's one-statement attempt.
+pub(crate) struct Fast<'t> {
+    /// Positions, pool and the second wall's setting.
+    pub reader: &'t Reader,
+    /// Who asks.
+    pub principal: &'t Principal,
+    /// The position the caller wants reflected.
+    pub min_position: i64,
+}
+
+/// What [`QueryService::answer`] hands an RPC's work.
+pub(crate) struct Ctx<'t> {
+    /// The service (store, reader).
+    pub service: &'t QueryService,
+    /// Who asks.
+    pub principal: &'t Principal,
+    /// The position the answer reflects.
+    pub position: i64,
+}
+
+/// An RPC's work once validated: borrows the scope and the request for as long as it runs.
+pub(crate) type Work<'t, T> = BoxFuture<'t, Result<T, QueryError>>;
+
+impl QueryService {
+    /// The skeleton of a read-model RPC (see the module docs): `validate` checks the request
+    /// (and the caller's right to it) before anything is read; `work` runs the statements in
+    /// the tenant session and builds the response.
+    pub(crate) async fn read<M, V, T, F>(
+        &self,
+        rpc: &'static str,
+        request: Request<M>,
+        model: Model,
+        validate: impl FnOnce(&M, &Principal) -> Result<V, QueryError> + Send,
+        work: F,
+    ) -> Result<Response<T>, Status>
+    where
+        M: MinPosition + Send + Sync,
+        V: Send,
+        T: Send,
+        F: for<'t> FnOnce(Scope<'t>, &'t M, V) -> Work<'t, T> + Send,
+    {
+        observe(rpc, async {
+            let principal = self.principal(request.metadata()).await?;
+            let req = request.into_inner();
+            let valid = validate(&req, &principal)?;
+            let (mut session, position) = self
+                .reader
+                .enter(&principal.tenant, model, req.min_position())
+                .await?;
+            let scope = Scope {
+                principal: &principal,
+                position,
+                conn: session.conn(),
+            };
+            let answer = work(scope, &req, valid).await?;
+            session.finish().await?;
+            Ok(answer)
+        })
+        .await
+    }
+
+    /// [`QueryService::read`] for a get by id with a one-round-trip attempt first: `fast` reads
+    /// the position and the row in one statement, behind the second wall without a
+    /// transaction (migration `20261202000300`), and answers when the row is there and the
+    /// position reached. Otherwise (missing row, position behind, a projection without stream
+    /// types) `work` answers through the tenant session as any RPC, waiting for `min_position`.
+    pub(crate) async fn lookup<M, V, T, F, G>(
+        &self,
+        rpc: &'static str,
+        request: Request<M>,
+        model: Model,
+        validate: impl FnOnce(&M, &Principal) -> Result<V, QueryError> + Send,
+        fast: G,
+        work: F,
+    ) -> Result<Response<T>, Status>
+    where
+        M: MinPosition + Send + Sync,
+        V: Send + Sync,
+        T: Send,
+        G: for<'t> FnOnce(Fast<'t>, &'t V) -> Work<'t, Option<T>> + Send,
+        F: for<'t> FnOnce(Scope<'t>, &'t M, V) -> Work<'t, T> + Send,
+    {
+        observe(rpc, async {
+            let principal = self.principal(request.metadata()).await?;
+            let req = request.into_inner();
+            let valid = validate(&req, &principal)?;
+            let attempt = Fast {
+                reader: &self.reader,
+                principal: &principal,
+                min_position: req.min_position(),
+            };
+            if let Some(answer) = fast(attempt, &valid).await? {
+                return Ok(answer);
+            }
+            let (mut session, position) = self
+                .reader
+                .enter(&principal.tenant, model, req.min_position())
+                .await?;
+            let scope = Scope {
+                principal: &principal,
+                position,
+                conn: session.conn(),
+            };
+            let answer = work(scope, &req, valid).await?;
+            session.finish().await?;
+            Ok(answer)
+        })
+        .await
+    }
+
+    /// The skeleton of an RPC that reads the store or pages on its own (history, exports):
+    /// like [`QueryService::read`] without the tenant session.
+    pub(crate) async fn answer<M, V, T, F>(
+        &self,
+        rpc: &'static str,
+        request: Request<M>,
+        model: Model,
+        validate: impl FnOnce(&M, &Principal) -> Result<V, QueryError> + Send,
+        work: F,
+    ) -> Result<Response<T>, Status>
+    where
+        M: MinPosition + Send + Sync,
+        V: Send,
+        T: Send,
+        F: for<'t> FnOnce(Ctx<'t>, &'t M, V) -> Work<'t, T> + Send,
+    {
+        observe(rpc, async {
+            let principal = self.principal(request.metadata()).await?;
+            let req = request.into_inner();
+            let valid = validate(&req, &principal)?;
+            let position = self.reader.reach(model, req.min_position()).await?;
+            let ctx = Ctx {
+                service: self,
+                principal: &principal,
+                position,
+            };
+            work(ctx, &req, valid).await
+        })
+        .await
     }
 }
 

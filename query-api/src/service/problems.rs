@@ -7,7 +7,7 @@ use schemas::v1::problem_queries_server::ProblemQueries;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::{QueryService, observe};
+use super::QueryService;
 use crate::convert::{self, s, spellings, ts, ts_opt};
 use crate::cursor::{Cursor, page_size, paginate, time_key};
 use crate::error::QueryError;
@@ -173,51 +173,56 @@ impl ProblemQueries for QueryService {
         &self,
         request: Request<pb::GetProblemRequest>,
     ) -> Result<Response<pb::GetProblemResponse>, Status> {
-        observe("GetProblem", async {
-            let principal = self.principal(request.metadata()).await?;
-            let req = request.get_ref();
-            let id = convert::uuid("problem_id", &req.problem_id)?;
-            let position = self.reader.reach(Model::Problems, req.min_position).await?;
-            let mut tx = self.reader.begin(&principal.tenant).await?;
-            const SQL: &str = concat!(
-                "SELECT ",
-                problem_columns!(),
-                " FROM problems WHERE tenant_id = $1 AND problem_id = $2"
-            );
-            let problem: ProblemRow = sqlx::query_as(SQL)
-                .bind(&principal.tenant)
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or_else(|| QueryError::NotFound(format!("problem {id}")))?;
-            let frame: Option<FrameRow> = sqlx::query_as(
-                "SELECT goal, scope::text AS scope, kpis::text AS kpis, \
-                        stakeholders::text AS stakeholders, assumptions::text AS assumptions, \
-                        constraints::text AS constraints, confidence, \
-                        clarifying_questions::text AS clarifying_questions, defined_at \
-                   FROM problem_frames WHERE tenant_id = $1 AND problem_id = $2",
-            )
-            .bind(&principal.tenant)
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok(pb::GetProblemResponse {
-                position,
-                problem: Some(problem.into()),
-                frame: frame.map(|f| pb::ProblemFrameView {
-                    goal: f.goal,
-                    scope_json: f.scope,
-                    kpis_json: f.kpis,
-                    stakeholders_json: f.stakeholders,
-                    assumptions_json: f.assumptions,
-                    constraints_json: f.constraints,
-                    confidence: f.confidence,
-                    clarifying_questions_json: f.clarifying_questions,
-                    defined_at: Some(ts(f.defined_at)),
-                }),
-            })
-        })
+        self.read(
+            "GetProblem",
+            request,
+            Model::Problems,
+            |req, _| {
+                let id = convert::uuid("problem_id", &req.problem_id)?;
+                Ok(id)
+            },
+            |q, _, id| {
+                Box::pin(async move {
+                    const SQL: &str = concat!(
+                        "SELECT ",
+                        problem_columns!(),
+                        " FROM problems WHERE tenant_id = $1 AND problem_id = $2"
+                    );
+                    let problem: ProblemRow = sqlx::query_as(SQL)
+                        .bind(q.tenant())
+                        .bind(id)
+                        .fetch_optional(&mut *q.conn)
+                        .await?
+                        .ok_or_else(|| QueryError::NotFound(format!("problem {id}")))?;
+                    let frame: Option<FrameRow> = sqlx::query_as(
+                        "SELECT goal, scope::text AS scope, kpis::text AS kpis, \
+                                stakeholders::text AS stakeholders, assumptions::text AS assumptions, \
+                                constraints::text AS constraints, confidence, \
+                                clarifying_questions::text AS clarifying_questions, defined_at \
+                           FROM problem_frames WHERE tenant_id = $1 AND problem_id = $2",
+                    )
+                    .bind(q.tenant())
+                    .bind(id)
+                    .fetch_optional(&mut *q.conn)
+                    .await?;
+                    Ok(pb::GetProblemResponse {
+                        position: q.position,
+                        problem: Some(problem.into()),
+                        frame: frame.map(|f| pb::ProblemFrameView {
+                            goal: f.goal,
+                            scope_json: f.scope,
+                            kpis_json: f.kpis,
+                            stakeholders_json: f.stakeholders,
+                            assumptions_json: f.assumptions,
+                            constraints_json: f.constraints,
+                            confidence: f.confidence,
+                            clarifying_questions_json: f.clarifying_questions,
+                            defined_at: Some(ts(f.defined_at)),
+                        }),
+                    })
+                })
+            },
+        )
         .await
     }
 
@@ -226,57 +231,62 @@ impl ProblemQueries for QueryService {
         request: Request<pb::ListProblemsRequest>,
     ) -> Result<Response<pb::ListProblemsResponse>, Status> {
         const RPC: &str = "ListProblems";
-        observe(RPC, async {
-            let principal = self.principal(request.metadata()).await?;
-            let req = request.get_ref();
-            let limit = page_size(req.page_size)?;
-            let cursor = Cursor::decode(&req.page_token, RPC, 2)?;
-            let after = match &cursor {
-                Some(c) => Some((c.time(0)?, c.uuid(1)?)),
-                None => None,
-            };
-            let stage = convert::vocab("stage", &req.stage, &spellings!(ProblemStage))?;
-            let urgency = convert::vocab("urgency", &req.urgency, &spellings!(Urgency))?;
-            let submitter = convert::filter("submitter", &req.submitter)?;
-            let from = convert::time("created_from", req.created_from.as_ref())?;
-            let to = convert::time("created_to", req.created_to.as_ref())?;
-            let position = self.reader.reach(Model::Problems, req.min_position).await?;
-            let mut tx = self.reader.begin(&principal.tenant).await?;
-            const SQL: &str = concat!(
-                "SELECT ",
-                problem_columns!(),
-                " FROM problems \
-                  WHERE tenant_id = $1 \
-                    AND ($2::text IS NULL OR stage = $2) \
-                    AND ($3::text IS NULL OR urgency = $3) \
-                    AND ($4::text IS NULL OR submitter = $4) \
-                    AND ($5::timestamptz IS NULL OR created_at >= $5) \
-                    AND ($6::timestamptz IS NULL OR created_at < $6) \
-                    AND ($7::timestamptz IS NULL OR (created_at, problem_id) < ($7, $8)) \
-                  ORDER BY created_at DESC, problem_id DESC LIMIT $9"
-            );
-            let rows: Vec<ProblemRow> = sqlx::query_as(SQL)
-                .bind(&principal.tenant)
-                .bind(stage)
-                .bind(urgency)
-                .bind(submitter)
-                .bind(from)
-                .bind(to)
-                .bind(after.map(|a| a.0))
-                .bind(after.map(|a| a.1))
-                .bind(limit + 1)
-                .fetch_all(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            let (rows, next_page_token) = paginate(rows, limit, RPC, |r| {
-                vec![time_key(&r.created_at), r.problem_id.to_string()]
-            });
-            Ok(pb::ListProblemsResponse {
-                position,
-                next_page_token,
-                problems: rows.into_iter().map(Into::into).collect(),
-            })
-        })
+        self.read(
+            RPC,
+            request,
+            Model::Problems,
+            |req, _| {
+                let limit = page_size(req.page_size)?;
+                let cursor = Cursor::decode(&req.page_token, RPC, 2)?;
+                let after = match &cursor {
+                    Some(c) => Some((c.time(0)?, c.uuid(1)?)),
+                    None => None,
+                };
+                let stage = convert::vocab("stage", &req.stage, &spellings!(ProblemStage))?;
+                let urgency = convert::vocab("urgency", &req.urgency, &spellings!(Urgency))?;
+                let submitter = convert::filter("submitter", &req.submitter)?;
+                let from = convert::time("created_from", req.created_from.as_ref())?;
+                let to = convert::time("created_to", req.created_to.as_ref())?;
+                Ok((limit, after, stage, urgency, submitter, from, to))
+            },
+            |q, _, (limit, after, stage, urgency, submitter, from, to)| {
+                Box::pin(async move {
+                    const SQL: &str = concat!(
+                        "SELECT ",
+                        problem_columns!(),
+                        " FROM problems \
+                          WHERE tenant_id = $1 \
+                            AND ($2::text IS NULL OR stage = $2) \
+                            AND ($3::text IS NULL OR urgency = $3) \
+                            AND ($4::text IS NULL OR submitter = $4) \
+                            AND ($5::timestamptz IS NULL OR created_at >= $5) \
+                            AND ($6::timestamptz IS NULL OR created_at < $6) \
+                            AND ($7::timestamptz IS NULL OR (created_at, problem_id) < ($7, $8)) \
+                          ORDER BY created_at DESC, problem_id DESC LIMIT $9"
+                    );
+                    let rows: Vec<ProblemRow> = sqlx::query_as(SQL)
+                        .bind(q.tenant())
+                        .bind(stage)
+                        .bind(urgency)
+                        .bind(submitter)
+                        .bind(from)
+                        .bind(to)
+                        .bind(after.map(|a| a.0))
+                        .bind(after.map(|a| a.1))
+                        .bind(limit + 1)
+                        .fetch_all(&mut *q.conn)
+                        .await?;
+                    let (rows, next_page_token) = paginate(rows, limit, RPC, |r| {
+                        vec![time_key(&r.created_at), r.problem_id.to_string()]
+                    });
+                    Ok(pb::ListProblemsResponse {
+                        position: q.position,
+                        next_page_token,
+                        problems: rows.into_iter().map(Into::into).collect(),
+                    })
+                })
+            },
+        )
         .await
     }
 
@@ -284,47 +294,52 @@ impl ProblemQueries for QueryService {
         &self,
         request: Request<pb::GetIssueTreeRequest>,
     ) -> Result<Response<pb::GetIssueTreeResponse>, Status> {
-        observe("GetIssueTree", async {
-            let principal = self.principal(request.metadata()).await?;
-            let req = request.get_ref();
-            let id = convert::uuid("problem_id", &req.problem_id)?;
-            let position = self.reader.reach(Model::Problems, req.min_position).await?;
-            let mut tx = self.reader.begin(&principal.tenant).await?;
-            let exists: Option<i32> = sqlx::query_scalar(
-                "SELECT 1 FROM problems WHERE tenant_id = $1 AND problem_id = $2",
-            )
-            .bind(&principal.tenant)
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if exists.is_none() {
-                return Err(QueryError::NotFound(format!("problem {id}")));
-            }
-            // Nodes and their priorities in one statement (a join, not one query per node).
-            let rows: Vec<NodeRow> = sqlx::query_as(
-                "SELECT n.node_id, n.parent_id, n.level, n.title, \
-                        n.hypotheses::text AS hypotheses, n.required_data::text AS required_data, \
-                        n.priority_hint, n.notes, n.created_at, \
-                        p.impact, p.feasibility, p.priority_score::text AS priority_score, \
-                        p.rationale, p.estimated_hours, p.estimated_cost::text AS estimated_cost, \
-                        p.confidence::text AS confidence, p.is_recommended, p.prioritized_at \
-                   FROM problem_tree_nodes n \
-                   LEFT JOIN problem_node_priorities p \
-                          ON p.node_id = n.node_id AND p.tenant_id = n.tenant_id \
-                  WHERE n.tenant_id = $1 AND n.problem_id = $2 \
-                  ORDER BY n.level, n.created_at, n.node_id LIMIT $3",
-            )
-            .bind(&principal.tenant)
-            .bind(id)
-            .bind(MAX_TREE_NODES)
-            .fetch_all(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok(pb::GetIssueTreeResponse {
-                position,
-                nodes: rows.into_iter().map(Into::into).collect(),
-            })
-        })
+        self.read(
+            "GetIssueTree",
+            request,
+            Model::Problems,
+            |req, _| {
+                let id = convert::uuid("problem_id", &req.problem_id)?;
+                Ok(id)
+            },
+            |q, _, id| {
+                Box::pin(async move {
+                    let exists: Option<i32> = sqlx::query_scalar(
+                        "SELECT 1 FROM problems WHERE tenant_id = $1 AND problem_id = $2",
+                    )
+                    .bind(q.tenant())
+                    .bind(id)
+                    .fetch_optional(&mut *q.conn)
+                    .await?;
+                    if exists.is_none() {
+                        return Err(QueryError::NotFound(format!("problem {id}")));
+                    }
+                    // Nodes and their priorities in one statement (a join, not one query per node).
+                    let rows: Vec<NodeRow> = sqlx::query_as(
+                        "SELECT n.node_id, n.parent_id, n.level, n.title, \
+                                n.hypotheses::text AS hypotheses, n.required_data::text AS required_data, \
+                                n.priority_hint, n.notes, n.created_at, \
+                                p.impact, p.feasibility, p.priority_score::text AS priority_score, \
+                                p.rationale, p.estimated_hours, p.estimated_cost::text AS estimated_cost, \
+                                p.confidence::text AS confidence, p.is_recommended, p.prioritized_at \
+                           FROM problem_tree_nodes n \
+                           LEFT JOIN problem_node_priorities p \
+                                  ON p.node_id = n.node_id AND p.tenant_id = n.tenant_id \
+                          WHERE n.tenant_id = $1 AND n.problem_id = $2 \
+                          ORDER BY n.level, n.created_at, n.node_id LIMIT $3",
+                    )
+                    .bind(q.tenant())
+                    .bind(id)
+                    .bind(MAX_TREE_NODES)
+                    .fetch_all(&mut *q.conn)
+                    .await?;
+                    Ok(pb::GetIssueTreeResponse {
+                        position: q.position,
+                        nodes: rows.into_iter().map(Into::into).collect(),
+                    })
+                })
+            },
+        )
         .await
     }
 
@@ -333,50 +348,55 @@ impl ProblemQueries for QueryService {
         request: Request<pb::ListRecommendationsRequest>,
     ) -> Result<Response<pb::ListRecommendationsResponse>, Status> {
         const RPC: &str = "ListRecommendations";
-        observe(RPC, async {
-            let principal = self.principal(request.metadata()).await?;
-            let req = request.get_ref();
-            let id = convert::uuid("problem_id", &req.problem_id)?;
-            let limit = page_size(req.page_size)?;
-            let cursor = Cursor::decode(&req.page_token, RPC, 3)?;
-            let after = match &cursor {
-                Some(c) => Some((c.int(0)?, c.time(1)?, c.uuid(2)?)),
-                None => None,
-            };
-            let position = self.reader.reach(Model::Problems, req.min_position).await?;
-            let mut tx = self.reader.begin(&principal.tenant).await?;
-            let rows: Vec<RecommendationRow> = sqlx::query_as(
-                "SELECT recommendation_id, problem_id, title, summary, evidence::text AS evidence, \
-                        actions::text AS actions, expected_impact::text AS expected_impact, \
-                        risks::text AS risks, confidence::text AS confidence, priority, created_at \
-                   FROM problem_recommendations \
-                  WHERE tenant_id = $1 AND problem_id = $2 \
-                    AND ($3::smallint IS NULL \
-                         OR (priority, created_at, recommendation_id) > ($3, $4, $5)) \
-                  ORDER BY priority, created_at, recommendation_id LIMIT $6",
-            )
-            .bind(&principal.tenant)
-            .bind(id)
-            .bind(after.map(|a| i16::try_from(a.0).unwrap_or(i16::MAX)))
-            .bind(after.map(|a| a.1))
-            .bind(after.map(|a| a.2))
-            .bind(limit + 1)
-            .fetch_all(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            let (rows, next_page_token) = paginate(rows, limit, RPC, |r| {
-                vec![
-                    r.priority.to_string(),
-                    time_key(&r.created_at),
-                    r.recommendation_id.to_string(),
-                ]
-            });
-            Ok(pb::ListRecommendationsResponse {
-                position,
-                next_page_token,
-                recommendations: rows.into_iter().map(Into::into).collect(),
-            })
-        })
+        self.read(
+            RPC,
+            request,
+            Model::Problems,
+            |req, _| {
+                let id = convert::uuid("problem_id", &req.problem_id)?;
+                let limit = page_size(req.page_size)?;
+                let cursor = Cursor::decode(&req.page_token, RPC, 3)?;
+                let after = match &cursor {
+                    Some(c) => Some((c.int(0)?, c.time(1)?, c.uuid(2)?)),
+                    None => None,
+                };
+                Ok((id, limit, after))
+            },
+            |q, _, (id, limit, after)| {
+                Box::pin(async move {
+                    let rows: Vec<RecommendationRow> = sqlx::query_as(
+                        "SELECT recommendation_id, problem_id, title, summary, evidence::text AS evidence, \
+                                actions::text AS actions, expected_impact::text AS expected_impact, \
+                                risks::text AS risks, confidence::text AS confidence, priority, created_at \
+                           FROM problem_recommendations \
+                          WHERE tenant_id = $1 AND problem_id = $2 \
+                            AND ($3::smallint IS NULL \
+                                 OR (priority, created_at, recommendation_id) > ($3, $4, $5)) \
+                          ORDER BY priority, created_at, recommendation_id LIMIT $6",
+                    )
+                    .bind(q.tenant())
+                    .bind(id)
+                    .bind(after.map(|a| i16::try_from(a.0).unwrap_or(i16::MAX)))
+                    .bind(after.map(|a| a.1))
+                    .bind(after.map(|a| a.2))
+                    .bind(limit + 1)
+                    .fetch_all(&mut *q.conn)
+                    .await?;
+                    let (rows, next_page_token) = paginate(rows, limit, RPC, |r| {
+                        vec![
+                            r.priority.to_string(),
+                            time_key(&r.created_at),
+                            r.recommendation_id.to_string(),
+                        ]
+                    });
+                    Ok(pb::ListRecommendationsResponse {
+                        position: q.position,
+                        next_page_token,
+                        recommendations: rows.into_iter().map(Into::into).collect(),
+                    })
+                })
+            },
+        )
         .await
     }
 }

@@ -7,7 +7,7 @@ use schemas::v1::agent_session_queries_server::AgentSessionQueries;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::{QueryService, observe};
+use super::QueryService;
 use crate::convert::{self, s, spellings, ts, ts_opt};
 use crate::cursor::{Cursor, page_size, paginate, time_key};
 use crate::error::QueryError;
@@ -104,52 +104,54 @@ impl AgentSessionQueries for QueryService {
         &self,
         request: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::GetSessionResponse>, Status> {
-        observe("GetSession", async {
-            let principal = self.principal(request.metadata()).await?;
-            let req = request.get_ref();
-            let id = convert::uuid("session_id", &req.session_id)?;
-            let position = self
-                .reader
-                .reach(Model::AgentSessions, req.min_position)
-                .await?;
-            let mut tx = self.reader.begin(&principal.tenant).await?;
-            const SESSION: &str = concat!(
-                "SELECT ",
-                session_columns!(),
-                " FROM agent_sessions WHERE tenant_id = $1 AND session_id = $2"
-            );
-            let session: SessionRow = sqlx::query_as(SESSION)
-                .bind(&principal.tenant)
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or_else(|| QueryError::NotFound(format!("agent session {id}")))?;
-            let personas: Vec<PersonaRow> = sqlx::query_as(
-                "SELECT persona_id, activation_trigger, activated_at, deactivated_at, is_active \
-                   FROM agent_session_personas WHERE tenant_id = $1 AND session_id = $2 \
-                  ORDER BY activated_position, persona_id LIMIT $3",
-            )
-            .bind(&principal.tenant)
-            .bind(id)
-            .bind(MAX_PERSONAS)
-            .fetch_all(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok(pb::GetSessionResponse {
-                position,
-                session: Some(session.into()),
-                personas: personas
-                    .into_iter()
-                    .map(|p| pb::PersonaActivationView {
-                        persona_id: p.persona_id,
-                        activation_trigger: p.activation_trigger,
-                        activated_at: Some(ts(p.activated_at)),
-                        deactivated_at: ts_opt(p.deactivated_at),
-                        is_active: p.is_active,
+        self.read(
+            "GetSession",
+            request,
+            Model::AgentSessions,
+            |req, _| {
+                let id = convert::uuid("session_id", &req.session_id)?;
+                Ok(id)
+            },
+            |q, _, id| {
+                Box::pin(async move {
+                    const SESSION: &str = concat!(
+                        "SELECT ",
+                        session_columns!(),
+                        " FROM agent_sessions WHERE tenant_id = $1 AND session_id = $2"
+                    );
+                    let session: SessionRow = sqlx::query_as(SESSION)
+                        .bind(q.tenant())
+                        .bind(id)
+                        .fetch_optional(&mut *q.conn)
+                        .await?
+                        .ok_or_else(|| QueryError::NotFound(format!("agent session {id}")))?;
+                    let personas: Vec<PersonaRow> = sqlx::query_as(
+                        "SELECT persona_id, activation_trigger, activated_at, deactivated_at, is_active \
+                           FROM agent_session_personas WHERE tenant_id = $1 AND session_id = $2 \
+                          ORDER BY activated_position, persona_id LIMIT $3",
+                    )
+                    .bind(q.tenant())
+                    .bind(id)
+                    .bind(MAX_PERSONAS)
+                    .fetch_all(&mut *q.conn)
+                    .await?;
+                    Ok(pb::GetSessionResponse {
+                        position: q.position,
+                        session: Some(session.into()),
+                        personas: personas
+                            .into_iter()
+                            .map(|p| pb::PersonaActivationView {
+                                persona_id: p.persona_id,
+                                activation_trigger: p.activation_trigger,
+                                activated_at: Some(ts(p.activated_at)),
+                                deactivated_at: ts_opt(p.deactivated_at),
+                                is_active: p.is_active,
+                            })
+                            .collect(),
                     })
-                    .collect(),
-            })
-        })
+                })
+            },
+        )
         .await
     }
 
@@ -158,54 +160,57 @@ impl AgentSessionQueries for QueryService {
         request: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
         const RPC: &str = "ListSessions";
-        observe(RPC, async {
-            let principal = self.principal(request.metadata()).await?;
-            let req = request.get_ref();
-            let limit = page_size(req.page_size)?;
-            let cursor = Cursor::decode(&req.page_token, RPC, 2)?;
-            let after = match &cursor {
-                Some(c) => Some((c.time(0)?, c.uuid(1)?)),
-                None => None,
-            };
-            let user = convert::filter("user", &req.user)?;
-            let status = convert::vocab("status", &req.status, &spellings!(AgentSessionStatus))?;
-            let agent_type = convert::filter("agent_type", &req.agent_type)?;
-            let position = self
-                .reader
-                .reach(Model::AgentSessions, req.min_position)
-                .await?;
-            let mut tx = self.reader.begin(&principal.tenant).await?;
-            const SQL: &str = concat!(
-                "SELECT ",
-                session_columns!(),
-                " FROM agent_sessions \
-                  WHERE tenant_id = $1 \
-                    AND ($2::text IS NULL OR user_ref = $2) \
-                    AND ($3::text IS NULL OR status = $3) \
-                    AND ($4::text IS NULL OR agent_type = $4) \
-                    AND ($5::timestamptz IS NULL OR (created_at, session_id) < ($5, $6)) \
-                  ORDER BY created_at DESC, session_id DESC LIMIT $7"
-            );
-            let rows: Vec<SessionRow> = sqlx::query_as(SQL)
-                .bind(&principal.tenant)
-                .bind(user)
-                .bind(status)
-                .bind(agent_type)
-                .bind(after.map(|a| a.0))
-                .bind(after.map(|a| a.1))
-                .bind(limit + 1)
-                .fetch_all(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            let (rows, next_page_token) = paginate(rows, limit, RPC, |r| {
-                vec![time_key(&r.created_at), r.session_id.to_string()]
-            });
-            Ok(pb::ListSessionsResponse {
-                position,
-                next_page_token,
-                sessions: rows.into_iter().map(Into::into).collect(),
-            })
-        })
+        self.read(
+            RPC,
+            request,
+            Model::AgentSessions,
+            |req, _| {
+                let limit = page_size(req.page_size)?;
+                let cursor = Cursor::decode(&req.page_token, RPC, 2)?;
+                let after = match &cursor {
+                    Some(c) => Some((c.time(0)?, c.uuid(1)?)),
+                    None => None,
+                };
+                let user = convert::filter("user", &req.user)?;
+                let status =
+                    convert::vocab("status", &req.status, &spellings!(AgentSessionStatus))?;
+                let agent_type = convert::filter("agent_type", &req.agent_type)?;
+                Ok((limit, after, user, status, agent_type))
+            },
+            |q, _, (limit, after, user, status, agent_type)| {
+                Box::pin(async move {
+                    const SQL: &str = concat!(
+                        "SELECT ",
+                        session_columns!(),
+                        " FROM agent_sessions \
+                          WHERE tenant_id = $1 \
+                            AND ($2::text IS NULL OR user_ref = $2) \
+                            AND ($3::text IS NULL OR status = $3) \
+                            AND ($4::text IS NULL OR agent_type = $4) \
+                            AND ($5::timestamptz IS NULL OR (created_at, session_id) < ($5, $6)) \
+                          ORDER BY created_at DESC, session_id DESC LIMIT $7"
+                    );
+                    let rows: Vec<SessionRow> = sqlx::query_as(SQL)
+                        .bind(q.tenant())
+                        .bind(user)
+                        .bind(status)
+                        .bind(agent_type)
+                        .bind(after.map(|a| a.0))
+                        .bind(after.map(|a| a.1))
+                        .bind(limit + 1)
+                        .fetch_all(&mut *q.conn)
+                        .await?;
+                    let (rows, next_page_token) = paginate(rows, limit, RPC, |r| {
+                        vec![time_key(&r.created_at), r.session_id.to_string()]
+                    });
+                    Ok(pb::ListSessionsResponse {
+                        position: q.position,
+                        next_page_token,
+                        sessions: rows.into_iter().map(Into::into).collect(),
+                    })
+                })
+            },
+        )
         .await
     }
 
@@ -214,59 +219,61 @@ impl AgentSessionQueries for QueryService {
         request: Request<pb::ListActiveSessionsRequest>,
     ) -> Result<Response<pb::ListActiveSessionsResponse>, Status> {
         const RPC: &str = "ListActiveSessions";
-        observe(RPC, async {
-            let principal = self.principal(request.metadata()).await?;
-            let req = request.get_ref();
-            let limit = page_size(req.page_size)?;
-            let cursor = Cursor::decode(&req.page_token, RPC, 2)?;
-            let after = match &cursor {
-                Some(c) => Some((c.time(0)?, c.uuid(1)?)),
-                None => None,
-            };
-            let user = convert::filter("user", &req.user)?;
-            let position = self
-                .reader
-                .reach(Model::AgentSessions, req.min_position)
-                .await?;
-            let mut tx = self.reader.begin(&principal.tenant).await?;
-            let rows: Vec<ActiveRow> = sqlx::query_as(
-                "SELECT session_id, user_ref, agent_type, status, token_cost::text AS token_cost, \
-                        approvals, rejections, created_at \
-                   FROM active_agent_sessions \
-                  WHERE tenant_id = $1 \
-                    AND ($2::text IS NULL OR user_ref = $2) \
-                    AND ($3::timestamptz IS NULL OR (created_at, session_id) < ($3, $4)) \
-                  ORDER BY created_at DESC, session_id DESC LIMIT $5",
-            )
-            .bind(&principal.tenant)
-            .bind(user)
-            .bind(after.map(|a| a.0))
-            .bind(after.map(|a| a.1))
-            .bind(limit + 1)
-            .fetch_all(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            let (rows, next_page_token) = paginate(rows, limit, RPC, |r| {
-                vec![time_key(&r.created_at), r.session_id.to_string()]
-            });
-            Ok(pb::ListActiveSessionsResponse {
-                position,
-                next_page_token,
-                sessions: rows
-                    .into_iter()
-                    .map(|r| pb::ActiveSession {
-                        session_id: r.session_id.to_string(),
-                        user: r.user_ref,
-                        agent_type: r.agent_type,
-                        status: r.status,
-                        token_cost: r.token_cost,
-                        approvals: convert::u32_of(i64::from(r.approvals)),
-                        rejections: convert::u32_of(i64::from(r.rejections)),
-                        created_at: Some(ts(r.created_at)),
+        self.read(
+            RPC,
+            request,
+            Model::AgentSessions,
+            |req, _| {
+                let limit = page_size(req.page_size)?;
+                let cursor = Cursor::decode(&req.page_token, RPC, 2)?;
+                let after = match &cursor {
+                    Some(c) => Some((c.time(0)?, c.uuid(1)?)),
+                    None => None,
+                };
+                let user = convert::filter("user", &req.user)?;
+                Ok((limit, after, user))
+            },
+            |q, _, (limit, after, user)| {
+                Box::pin(async move {
+                    let rows: Vec<ActiveRow> = sqlx::query_as(
+                        "SELECT session_id, user_ref, agent_type, status, token_cost::text AS token_cost, \
+                                approvals, rejections, created_at \
+                           FROM active_agent_sessions \
+                          WHERE tenant_id = $1 \
+                            AND ($2::text IS NULL OR user_ref = $2) \
+                            AND ($3::timestamptz IS NULL OR (created_at, session_id) < ($3, $4)) \
+                          ORDER BY created_at DESC, session_id DESC LIMIT $5",
+                    )
+                    .bind(q.tenant())
+                    .bind(user)
+                    .bind(after.map(|a| a.0))
+                    .bind(after.map(|a| a.1))
+                    .bind(limit + 1)
+                    .fetch_all(&mut *q.conn)
+                    .await?;
+                    let (rows, next_page_token) = paginate(rows, limit, RPC, |r| {
+                        vec![time_key(&r.created_at), r.session_id.to_string()]
+                    });
+                    Ok(pb::ListActiveSessionsResponse {
+                        position: q.position,
+                        next_page_token,
+                        sessions: rows
+                            .into_iter()
+                            .map(|r| pb::ActiveSession {
+                                session_id: r.session_id.to_string(),
+                                user: r.user_ref,
+                                agent_type: r.agent_type,
+                                status: r.status,
+                                token_cost: r.token_cost,
+                                approvals: convert::u32_of(i64::from(r.approvals)),
+                                rejections: convert::u32_of(i64::from(r.rejections)),
+                                created_at: Some(ts(r.created_at)),
+                            })
+                            .collect(),
                     })
-                    .collect(),
-            })
-        })
+                })
+            },
+        )
         .await
     }
 }

@@ -6,7 +6,7 @@ use schemas::v1 as pb;
 use schemas::v1::summary_queries_server::SummaryQueries;
 use tonic::{Request, Response, Status};
 
-use super::{QueryService, observe};
+use super::QueryService;
 use crate::convert::{self, s, ts};
 use crate::cursor::{Cursor, page_size, paginate};
 use crate::reader::Model;
@@ -64,47 +64,50 @@ impl SummaryQueries for QueryService {
         &self,
         request: Request<pb::GetProblemPipelineRequest>,
     ) -> Result<Response<pb::GetProblemPipelineResponse>, Status> {
-        observe("GetProblemPipeline", async {
-            let principal = self.principal(request.metadata()).await?;
-            let req = request.get_ref();
-            let position = self.reader.reach(Model::Problems, req.min_position).await?;
-            let mut tx = self.reader.begin(&principal.tenant).await?;
-            let mut rows: Vec<StageRow> = sqlx::query_as(
-                "SELECT stage, problem_count, exited_count, \
-                        total_seconds_in_stage::text AS total_seconds_in_stage, \
-                        mean_seconds_in_stage::text AS mean_seconds_in_stage \
-                   FROM problem_pipeline WHERE tenant_id = $1",
-            )
-            .bind(&principal.tenant)
-            .fetch_all(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            // Pipeline order, not alphabetical: the order of the domain's stage list.
-            let order = |stage: &str| {
-                ProblemStage::ALL
-                    .iter()
-                    .position(|s| s.as_str() == stage)
-                    .unwrap_or(usize::MAX)
-            };
-            rows.sort_by(|a, b| {
-                order(&a.stage)
-                    .cmp(&order(&b.stage))
-                    .then_with(|| a.stage.cmp(&b.stage))
-            });
-            Ok(pb::GetProblemPipelineResponse {
-                position,
-                stages: rows
-                    .into_iter()
-                    .map(|r| pb::PipelineStage {
-                        stage: r.stage,
-                        problem_count: convert::u64_of(r.problem_count),
-                        exited_count: convert::u64_of(r.exited_count),
-                        total_seconds_in_stage: r.total_seconds_in_stage,
-                        mean_seconds_in_stage: s(r.mean_seconds_in_stage),
+        self.read(
+            "GetProblemPipeline",
+            request,
+            Model::Problems,
+            |_, _| Ok(()),
+            |q, _, ()| {
+                Box::pin(async move {
+                    let mut rows: Vec<StageRow> = sqlx::query_as(
+                        "SELECT stage, problem_count, exited_count, \
+                                total_seconds_in_stage::text AS total_seconds_in_stage, \
+                                mean_seconds_in_stage::text AS mean_seconds_in_stage \
+                           FROM problem_pipeline WHERE tenant_id = $1",
+                    )
+                    .bind(q.tenant())
+                    .fetch_all(&mut *q.conn)
+                    .await?;
+                    // Pipeline order, not alphabetical: the order of the domain's stage list.
+                    let order = |stage: &str| {
+                        ProblemStage::ALL
+                            .iter()
+                            .position(|s| s.as_str() == stage)
+                            .unwrap_or(usize::MAX)
+                    };
+                    rows.sort_by(|a, b| {
+                        order(&a.stage)
+                            .cmp(&order(&b.stage))
+                            .then_with(|| a.stage.cmp(&b.stage))
+                    });
+                    Ok(pb::GetProblemPipelineResponse {
+                        position: q.position,
+                        stages: rows
+                            .into_iter()
+                            .map(|r| pb::PipelineStage {
+                                stage: r.stage,
+                                problem_count: convert::u64_of(r.problem_count),
+                                exited_count: convert::u64_of(r.exited_count),
+                                total_seconds_in_stage: r.total_seconds_in_stage,
+                                mean_seconds_in_stage: s(r.mean_seconds_in_stage),
+                            })
+                            .collect(),
                     })
-                    .collect(),
-            })
-        })
+                })
+            },
+        )
         .await
     }
 
@@ -113,50 +116,55 @@ impl SummaryQueries for QueryService {
         request: Request<pb::ListTaskSummariesRequest>,
     ) -> Result<Response<pb::ListTaskSummariesResponse>, Status> {
         const RPC: &str = "ListTaskSummaries";
-        observe(RPC, async {
-            let principal = self.principal(request.metadata()).await?;
-            let req = request.get_ref();
-            let limit = page_size(req.page_size)?;
-            let after = match Cursor::decode(&req.page_token, RPC, 1)? {
-                Some(c) => Some(c.text(0)?),
-                None => None,
-            };
-            let owner = convert::filter("owner", &req.owner)?;
-            let position = self.reader.reach(Model::Tasks, req.min_position).await?;
-            let mut tx = self.reader.begin(&principal.tenant).await?;
-            let rows: Vec<TaskSummaryRow> = sqlx::query_as(
-                "SELECT owner, active_count, completed_count, deleted_count, overdue_count, \
-                        completion_rate::text AS completion_rate \
-                   FROM task_user_summary_view \
-                  WHERE tenant_id = $1 \
-                    AND ($2::text IS NULL OR owner = $2) \
-                    AND ($3::text IS NULL OR owner > $3) \
-                  ORDER BY owner LIMIT $4",
-            )
-            .bind(&principal.tenant)
-            .bind(owner)
-            .bind(after)
-            .bind(limit + 1)
-            .fetch_all(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            let (rows, next_page_token) = paginate(rows, limit, RPC, |r| vec![r.owner.clone()]);
-            Ok(pb::ListTaskSummariesResponse {
-                position,
-                next_page_token,
-                summaries: rows
-                    .into_iter()
-                    .map(|r| pb::TaskSummary {
-                        owner: r.owner,
-                        active_count: convert::u64_of(r.active_count),
-                        completed_count: convert::u64_of(r.completed_count),
-                        deleted_count: convert::u64_of(r.deleted_count),
-                        overdue_count: convert::u64_of(r.overdue_count),
-                        completion_rate: s(r.completion_rate),
+        self.read(
+            RPC,
+            request,
+            Model::Tasks,
+            |req, _| {
+                let limit = page_size(req.page_size)?;
+                let after = match Cursor::decode(&req.page_token, RPC, 1)? {
+                    Some(c) => Some(c.text(0)?),
+                    None => None,
+                };
+                let owner = convert::filter("owner", &req.owner)?;
+                Ok((limit, after, owner))
+            },
+            |q, _, (limit, after, owner)| {
+                Box::pin(async move {
+                    let rows: Vec<TaskSummaryRow> = sqlx::query_as(
+                        "SELECT owner, active_count, completed_count, deleted_count, overdue_count, \
+                                completion_rate::text AS completion_rate \
+                           FROM task_user_summary_view \
+                          WHERE tenant_id = $1 \
+                            AND ($2::text IS NULL OR owner = $2) \
+                            AND ($3::text IS NULL OR owner > $3) \
+                          ORDER BY owner LIMIT $4",
+                    )
+                    .bind(q.tenant())
+                    .bind(owner)
+                    .bind(after)
+                    .bind(limit + 1)
+                    .fetch_all(&mut *q.conn)
+                    .await?;
+                    let (rows, next_page_token) = paginate(rows, limit, RPC, |r| vec![r.owner.clone()]);
+                    Ok(pb::ListTaskSummariesResponse {
+                        position: q.position,
+                        next_page_token,
+                        summaries: rows
+                            .into_iter()
+                            .map(|r| pb::TaskSummary {
+                                owner: r.owner,
+                                active_count: convert::u64_of(r.active_count),
+                                completed_count: convert::u64_of(r.completed_count),
+                                deleted_count: convert::u64_of(r.deleted_count),
+                                overdue_count: convert::u64_of(r.overdue_count),
+                                completion_rate: s(r.completion_rate),
+                            })
+                            .collect(),
                     })
-                    .collect(),
-            })
-        })
+                })
+            },
+        )
         .await
     }
 
@@ -165,52 +173,54 @@ impl SummaryQueries for QueryService {
         request: Request<pb::ListUserActivityRequest>,
     ) -> Result<Response<pb::ListUserActivityResponse>, Status> {
         const RPC: &str = "ListUserActivity";
-        observe(RPC, async {
-            let principal = self.principal(request.metadata()).await?;
-            let req = request.get_ref();
-            let limit = page_size(req.page_size)?;
-            let after = match Cursor::decode(&req.page_token, RPC, 1)? {
-                Some(c) => Some(c.text(0)?),
-                None => None,
-            };
-            let user = convert::filter("user", &req.user)?;
-            let position = self
-                .reader
-                .reach(Model::AgentSessions, req.min_position)
-                .await?;
-            let mut tx = self.reader.begin(&principal.tenant).await?;
-            let rows: Vec<ActivityRow> = sqlx::query_as(
-                "SELECT user_ref, session_count, total_cost::text AS total_cost, \
-                        mean_cost_per_session::text AS mean_cost_per_session, last_session_at \
-                   FROM user_activity_view \
-                  WHERE tenant_id = $1 \
-                    AND ($2::text IS NULL OR user_ref = $2) \
-                    AND ($3::text IS NULL OR user_ref > $3) \
-                  ORDER BY user_ref LIMIT $4",
-            )
-            .bind(&principal.tenant)
-            .bind(user)
-            .bind(after)
-            .bind(limit + 1)
-            .fetch_all(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            let (rows, next_page_token) = paginate(rows, limit, RPC, |r| vec![r.user_ref.clone()]);
-            Ok(pb::ListUserActivityResponse {
-                position,
-                next_page_token,
-                users: rows
-                    .into_iter()
-                    .map(|r| pb::UserActivity {
-                        user: r.user_ref,
-                        session_count: convert::u64_of(r.session_count),
-                        total_cost: r.total_cost,
-                        mean_cost_per_session: s(r.mean_cost_per_session),
-                        last_session_at: Some(ts(r.last_session_at)),
+        self.read(
+            RPC,
+            request,
+            Model::AgentSessions,
+            |req, _| {
+                let limit = page_size(req.page_size)?;
+                let after = match Cursor::decode(&req.page_token, RPC, 1)? {
+                    Some(c) => Some(c.text(0)?),
+                    None => None,
+                };
+                let user = convert::filter("user", &req.user)?;
+                Ok((limit, after, user))
+            },
+            |q, _, (limit, after, user)| {
+                Box::pin(async move {
+                    let rows: Vec<ActivityRow> = sqlx::query_as(
+                        "SELECT user_ref, session_count, total_cost::text AS total_cost, \
+                                mean_cost_per_session::text AS mean_cost_per_session, last_session_at \
+                           FROM user_activity_view \
+                          WHERE tenant_id = $1 \
+                            AND ($2::text IS NULL OR user_ref = $2) \
+                            AND ($3::text IS NULL OR user_ref > $3) \
+                          ORDER BY user_ref LIMIT $4",
+                    )
+                    .bind(q.tenant())
+                    .bind(user)
+                    .bind(after)
+                    .bind(limit + 1)
+                    .fetch_all(&mut *q.conn)
+                    .await?;
+                    let (rows, next_page_token) = paginate(rows, limit, RPC, |r| vec![r.user_ref.clone()]);
+                    Ok(pb::ListUserActivityResponse {
+                        position: q.position,
+                        next_page_token,
+                        users: rows
+                            .into_iter()
+                            .map(|r| pb::UserActivity {
+                                user: r.user_ref,
+                                session_count: convert::u64_of(r.session_count),
+                                total_cost: r.total_cost,
+                                mean_cost_per_session: s(r.mean_cost_per_session),
+                                last_session_at: Some(ts(r.last_session_at)),
+                            })
+                            .collect(),
                     })
-                    .collect(),
-            })
-        })
+                })
+            },
+        )
         .await
     }
 
@@ -219,70 +229,72 @@ impl SummaryQueries for QueryService {
         request: Request<pb::ListApprovalRatesRequest>,
     ) -> Result<Response<pb::ListApprovalRatesResponse>, Status> {
         const RPC: &str = "ListApprovalRates";
-        observe(RPC, async {
-            let principal = self.principal(request.metadata()).await?;
-            let req = request.get_ref();
-            let limit = page_size(req.page_size)?;
-            let after = match Cursor::decode(&req.page_token, RPC, 3)? {
-                Some(c) => Some((c.date(0)?, c.text(1)?, c.text(2)?)),
-                None => None,
-            };
-            let day_from = convert::day("day_from", &req.day_from)?;
-            let day_to = convert::day("day_to", &req.day_to)?;
-            let framework = convert::filter("framework_type", &req.framework_type)?;
-            let event_type = convert::filter("event_type", &req.event_type)?;
-            let position = self
-                .reader
-                .reach(Model::Governance, req.min_position)
-                .await?;
-            let mut tx = self.reader.begin(&principal.tenant).await?;
-            let rows: Vec<RateRow> = sqlx::query_as(
-                "SELECT day, framework_type, event_type, decision_count, approved_count, \
-                        approval_rate::text AS approval_rate \
-                   FROM governance_approval_rates \
-                  WHERE tenant_id = $1 \
-                    AND ($2::date IS NULL OR day >= $2) \
-                    AND ($3::date IS NULL OR day <= $3) \
-                    AND ($4::text IS NULL OR framework_type = $4) \
-                    AND ($5::text IS NULL OR event_type = $5) \
-                    AND ($6::date IS NULL OR (day, framework_type, event_type) > ($6, $7, $8)) \
-                  ORDER BY day, framework_type, event_type LIMIT $9",
-            )
-            .bind(&principal.tenant)
-            .bind(day_from)
-            .bind(day_to)
-            .bind(framework)
-            .bind(event_type)
-            .bind(after.as_ref().map(|a| a.0))
-            .bind(after.as_ref().map(|a| a.1.clone()))
-            .bind(after.as_ref().map(|a| a.2.clone()))
-            .bind(limit + 1)
-            .fetch_all(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            let (rows, next_page_token) = paginate(rows, limit, RPC, |r| {
-                vec![
-                    r.day.to_string(),
-                    r.framework_type.clone(),
-                    r.event_type.clone(),
-                ]
-            });
-            Ok(pb::ListApprovalRatesResponse {
-                position,
-                next_page_token,
-                rates: rows
-                    .into_iter()
-                    .map(|r| pb::ApprovalRate {
-                        day: r.day.to_string(),
-                        framework_type: r.framework_type,
-                        event_type: r.event_type,
-                        decision_count: convert::u64_of(r.decision_count),
-                        approved_count: convert::u64_of(r.approved_count),
-                        approval_rate: s(r.approval_rate),
+        self.read(
+            RPC,
+            request,
+            Model::Governance,
+            |req, _| {
+                let limit = page_size(req.page_size)?;
+                let after = match Cursor::decode(&req.page_token, RPC, 3)? {
+                    Some(c) => Some((c.date(0)?, c.text(1)?, c.text(2)?)),
+                    None => None,
+                };
+                let day_from = convert::day("day_from", &req.day_from)?;
+                let day_to = convert::day("day_to", &req.day_to)?;
+                let framework = convert::filter("framework_type", &req.framework_type)?;
+                let event_type = convert::filter("event_type", &req.event_type)?;
+                Ok((limit, after, day_from, day_to, framework, event_type))
+            },
+            |q, _, (limit, after, day_from, day_to, framework, event_type)| {
+                Box::pin(async move {
+                    let rows: Vec<RateRow> = sqlx::query_as(
+                        "SELECT day, framework_type, event_type, decision_count, approved_count, \
+                                approval_rate::text AS approval_rate \
+                           FROM governance_approval_rates \
+                          WHERE tenant_id = $1 \
+                            AND ($2::date IS NULL OR day >= $2) \
+                            AND ($3::date IS NULL OR day <= $3) \
+                            AND ($4::text IS NULL OR framework_type = $4) \
+                            AND ($5::text IS NULL OR event_type = $5) \
+                            AND ($6::date IS NULL OR (day, framework_type, event_type) > ($6, $7, $8)) \
+                          ORDER BY day, framework_type, event_type LIMIT $9",
+                    )
+                    .bind(q.tenant())
+                    .bind(day_from)
+                    .bind(day_to)
+                    .bind(framework)
+                    .bind(event_type)
+                    .bind(after.as_ref().map(|a| a.0))
+                    .bind(after.as_ref().map(|a| a.1.clone()))
+                    .bind(after.as_ref().map(|a| a.2.clone()))
+                    .bind(limit + 1)
+                    .fetch_all(&mut *q.conn)
+                    .await?;
+                    let (rows, next_page_token) = paginate(rows, limit, RPC, |r| {
+                        vec![
+                            r.day.to_string(),
+                            r.framework_type.clone(),
+                            r.event_type.clone(),
+                        ]
+                    });
+                    Ok(pb::ListApprovalRatesResponse {
+                        position: q.position,
+                        next_page_token,
+                        rates: rows
+                            .into_iter()
+                            .map(|r| pb::ApprovalRate {
+                                day: r.day.to_string(),
+                                framework_type: r.framework_type,
+                                event_type: r.event_type,
+                                decision_count: convert::u64_of(r.decision_count),
+                                approved_count: convert::u64_of(r.approved_count),
+                                approval_rate: s(r.approval_rate),
+                            })
+                            .collect(),
                     })
-                    .collect(),
-            })
-        })
+                })
+            },
+        )
         .await
     }
 
@@ -291,60 +303,62 @@ impl SummaryQueries for QueryService {
         request: Request<pb::ListDailyCostsRequest>,
     ) -> Result<Response<pb::ListDailyCostsResponse>, Status> {
         const RPC: &str = "ListDailyCosts";
-        observe(RPC, async {
-            let principal = self.principal(request.metadata()).await?;
-            let req = request.get_ref();
-            let limit = page_size(req.page_size)?;
-            let after = match Cursor::decode(&req.page_token, RPC, 2)? {
-                Some(c) => Some((c.date(0)?, c.text(1)?)),
-                None => None,
-            };
-            let day_from = convert::day("day_from", &req.day_from)?;
-            let day_to = convert::day("day_to", &req.day_to)?;
-            let user = convert::filter("user", &req.user)?;
-            let position = self
-                .reader
-                .reach(Model::AgentSessions, req.min_position)
-                .await?;
-            let mut tx = self.reader.begin(&principal.tenant).await?;
-            let rows: Vec<CostRow> = sqlx::query_as(
-                "SELECT day, user_ref, total_cost::text AS total_cost, cost_events, tokens_used \
-                   FROM cost_daily \
-                  WHERE tenant_id = $1 \
-                    AND ($2::date IS NULL OR day >= $2) \
-                    AND ($3::date IS NULL OR day <= $3) \
-                    AND ($4::text IS NULL OR user_ref = $4) \
-                    AND ($5::date IS NULL OR (day, user_ref) > ($5, $6)) \
-                  ORDER BY day, user_ref LIMIT $7",
-            )
-            .bind(&principal.tenant)
-            .bind(day_from)
-            .bind(day_to)
-            .bind(user)
-            .bind(after.as_ref().map(|a| a.0))
-            .bind(after.as_ref().map(|a| a.1.clone()))
-            .bind(limit + 1)
-            .fetch_all(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            let (rows, next_page_token) = paginate(rows, limit, RPC, |r| {
-                vec![r.day.to_string(), r.user_ref.clone()]
-            });
-            Ok(pb::ListDailyCostsResponse {
-                position,
-                next_page_token,
-                costs: rows
-                    .into_iter()
-                    .map(|r| pb::DailyCost {
-                        day: r.day.to_string(),
-                        user: r.user_ref,
-                        total_cost: r.total_cost,
-                        cost_events: convert::u64_of(r.cost_events),
-                        tokens_used: convert::u64_of(r.tokens_used),
+        self.read(
+            RPC,
+            request,
+            Model::AgentSessions,
+            |req, _| {
+                let limit = page_size(req.page_size)?;
+                let after = match Cursor::decode(&req.page_token, RPC, 2)? {
+                    Some(c) => Some((c.date(0)?, c.text(1)?)),
+                    None => None,
+                };
+                let day_from = convert::day("day_from", &req.day_from)?;
+                let day_to = convert::day("day_to", &req.day_to)?;
+                let user = convert::filter("user", &req.user)?;
+                Ok((limit, after, day_from, day_to, user))
+            },
+            |q, _, (limit, after, day_from, day_to, user)| {
+                Box::pin(async move {
+                    let rows: Vec<CostRow> = sqlx::query_as(
+                        "SELECT day, user_ref, total_cost::text AS total_cost, cost_events, tokens_used \
+                           FROM cost_daily \
+                          WHERE tenant_id = $1 \
+                            AND ($2::date IS NULL OR day >= $2) \
+                            AND ($3::date IS NULL OR day <= $3) \
+                            AND ($4::text IS NULL OR user_ref = $4) \
+                            AND ($5::date IS NULL OR (day, user_ref) > ($5, $6)) \
+                          ORDER BY day, user_ref LIMIT $7",
+                    )
+                    .bind(q.tenant())
+                    .bind(day_from)
+                    .bind(day_to)
+                    .bind(user)
+                    .bind(after.as_ref().map(|a| a.0))
+                    .bind(after.as_ref().map(|a| a.1.clone()))
+                    .bind(limit + 1)
+                    .fetch_all(&mut *q.conn)
+                    .await?;
+                    let (rows, next_page_token) = paginate(rows, limit, RPC, |r| {
+                        vec![r.day.to_string(), r.user_ref.clone()]
+                    });
+                    Ok(pb::ListDailyCostsResponse {
+                        position: q.position,
+                        next_page_token,
+                        costs: rows
+                            .into_iter()
+                            .map(|r| pb::DailyCost {
+                                day: r.day.to_string(),
+                                user: r.user_ref,
+                                total_cost: r.total_cost,
+                                cost_events: convert::u64_of(r.cost_events),
+                                tokens_used: convert::u64_of(r.tokens_used),
+                            })
+                            .collect(),
                     })
-                    .collect(),
-            })
-        })
+                })
+            },
+        )
         .await
     }
 }
