@@ -8,7 +8,8 @@
 //! events follow. The position an answer reflects is therefore the checkpoint moved forward
 //! over everything the projection does not consume: the highest `P` such that no event of its
 //! types lies in `(checkpoint, P]`, capped at the store's gap-safe high-water mark (the newest
-//! event whose transaction id is below `pg_snapshot_xmin`, so every event below it is final).
+//! event whose transaction id is below `pg_snapshot_xmin`, or below the position epoch's floor,
+//! so every event below it is final).
 //! One SQL statement computes it; it is read *before* the data, so the data is at least as new.
 //!
 //! In Kafka mode projections write no store checkpoint; positions then stay at what the store
@@ -123,6 +124,7 @@ macro_rules! high_water {
     () => {
         "hw AS (SELECT coalesce((SELECT global_position FROM events \
                   WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
+                     OR global_position < annals_delivery_floor() \
                   ORDER BY global_position DESC LIMIT 1), 0) AS p)"
     };
 }
