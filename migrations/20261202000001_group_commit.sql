@@ -42,6 +42,11 @@ ALTER TABLE command_log
     ADD CONSTRAINT command_log_result_or_range
         CHECK (result IS NOT NULL OR (first_position IS NOT NULL AND event_count > 0));
 
+-- No reader looks events up by time (as-of-a-time reads one stream through its (stream_id,
+-- stream_version) key; time ranges of the audit trail read audit_log), and every event paid an
+-- insertion into this index.
+DROP INDEX IF EXISTS events_recorded_at_idx;
+
 -- The first position below which readers may deliver without checking xids (0 = no epoch).
 CREATE FUNCTION annals_delivery_floor() RETURNS BIGINT
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
