@@ -13,8 +13,9 @@
 //!   reminder (`armed_by_event_id`), so one arming is delivered and recorded at most once even
 //!   if the read model lags behind the command.
 //!
-//! Commands go through [`execute_task_command`]: load the stream, fold, `decide`, append with
-//! `ExpectedVersion::Exact(loaded)` (or `NoStream`), retry on a version conflict.
+//! Commands go through [`execute_task_command`], i.e. the event store's one fold loop
+//! ([`event_store::aggregate::execute`]: load, fold, `decide`, append at the loaded version; a
+//! create appends without loading), retried on a version conflict.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,9 +25,10 @@ use aggregates::values::{ReminderId, TaskId, Text};
 use aggregates::{Aggregate, CommandContext, DomainEvent};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use event_store::aggregate::{self, Executed, Execution, Refusal, Target};
 use event_store::{
-    AppendBatch, Direction, EventStore, ExpectedVersion, Metadata, NewEvent, Position,
-    RecordedEvent, StoreError, StreamId, SubscriptionOptions,
+    AppendBatch, EventStore, Metadata, Position, RecordedEvent, StoreError, StreamId,
+    SubscriptionOptions,
 };
 use sqlx::{PgPool, Row};
 use tokio_util::sync::CancellationToken;
@@ -63,9 +65,6 @@ pub async fn execute_task_command(
     metadata: Metadata,
     already_done: &[&str],
 ) -> Result<CommandOutcome, ProjectionError> {
-    if store.command_result(command_id).await?.is_some() {
-        return Ok(CommandOutcome::AlreadyDone);
-    }
     let stream = StreamId::new(command.task_id().to_string())?;
     // The fingerprint names the command, not its timestamps: a retry after a crash decides at
     // another `now` and must still count as the same request.
@@ -74,38 +73,33 @@ pub async fn execute_task_command(
     fingerprint[16..].copy_from_slice(
         Uuid::new_v5(&REACTOR_NAMESPACE, format!("{command:?}").as_bytes()).as_bytes(),
     );
+    let target = match command {
+        TaskCommand::CreateTask(_) => Target::Create,
+        _ => Target::Existing,
+    };
     for _ in 0..MAX_CONFLICT_RETRIES {
-        let history = read_whole_stream(store, &stream).await?;
-        let mut state = <Task as Aggregate>::State::default();
-        for e in &history {
-            let payload = e.payload_json()?;
-            let event = TaskEvent::from_stored(&e.event_type, e.schema_version, payload)
-                .map_err(|err| ProjectionError::decode(e, err))?;
-            state = Task::evolve(state, &event);
-        }
-        let events = match Task::decide(&state, command.clone(), ctx) {
-            Ok(events) => events,
-            Err(err) if already_done.contains(&err.code()) => {
+        let execution = Execution::<Task> {
+            stream: &stream,
+            target,
+            expected: None,
+            command: command.clone(),
+            context: ctx.clone(),
+            batch: AppendBatch::new(metadata.clone())
+                .idempotent_with_fingerprint(command_id, fingerprint),
+        };
+        match aggregate::execute(store, execution).await {
+            Ok(Ok(Executed {
+                appended: Some(r), ..
+            })) if r.replayed => return Ok(CommandOutcome::AlreadyDone),
+            Ok(Ok(Executed {
+                appended: Some(_), ..
+            })) => return Ok(CommandOutcome::Appended),
+            Ok(Ok(Executed { appended: None, .. })) => return Ok(CommandOutcome::Nothing),
+            Ok(Err(Refusal::Domain(err))) if already_done.contains(&err.code()) => {
                 return Ok(CommandOutcome::AlreadyDone);
             }
-            Err(err) => return Err(ProjectionError::Refused(err.to_string())),
-        };
-        if events.is_empty() {
-            return Ok(CommandOutcome::Nothing);
-        }
-        let expected = history.last().map_or(ExpectedVersion::NoStream, |e| {
-            ExpectedVersion::Exact(e.stream_version)
-        });
-        let new_events = events
-            .iter()
-            .map(|e| NewEvent::new(e.event_type(), e.schema_version(), e.to_payload()))
-            .collect();
-        let batch = AppendBatch::new(metadata.clone())
-            .stream(stream.clone(), Task::STREAM_TYPE, expected, new_events)
-            .idempotent_with_fingerprint(command_id, fingerprint);
-        match store.append(batch).await {
-            Ok(r) if r.replayed => return Ok(CommandOutcome::AlreadyDone),
-            Ok(_) => return Ok(CommandOutcome::Appended),
+            Ok(Err(refusal)) => return Err(ProjectionError::Refused(format!("{refusal:?}"))),
+            // A concurrent writer won: decide again on the stream as it is now.
             Err(StoreError::WrongExpectedVersion { .. }) => continue,
             Err(e) => return Err(e.into()),
         }
@@ -113,23 +107,6 @@ pub async fn execute_task_command(
     Err(ProjectionError::Refused(format!(
         "command {command_id}: gave up after {MAX_CONFLICT_RETRIES} version conflicts"
     )))
-}
-
-async fn read_whole_stream(
-    store: &EventStore,
-    stream: &StreamId,
-) -> Result<Vec<RecordedEvent>, ProjectionError> {
-    let mut out = Vec::new();
-    loop {
-        let page = store
-            .read_stream(stream, out.len() as u64 + 1, Direction::Forward, 1000)
-            .await?;
-        let done = page.len() < 1000;
-        out.extend(page);
-        if done {
-            return Ok(out);
-        }
-    }
 }
 
 /// Metadata of a command issued by a reactor in reaction to `trigger`.
