@@ -108,7 +108,15 @@ DECLARE
     ev_pos     BIGINT[]  := array_fill(0::BIGINT, ARRAY[n_events]);
     ev_ver     BIGINT[]  := array_fill(0::BIGINT, ARRAY[n_events]);
     ev_hash    BYTEA[]   := array_fill(NULL::BYTEA, ARRAY[n_events]);
-    v_row      RECORD;
+    lg_item        INTEGER[];
+    lg_fingerprint BYTEA[];
+    lg_result      TEXT[];
+    lg_first       BIGINT[];
+    lg_count       INTEGER[];
+    hd_version BIGINT[];
+    hd_hash    BYTEA[];
+    hd_tenant  TEXT[];
+    hd_type    TEXT[];
     v_offset   BIGINT;
     v_last_pos BIGINT;
     v_last_tx  XID8;
@@ -165,55 +173,71 @@ BEGIN
         RAISE EXCEPTION 'malformed append arguments' USING ERRCODE = 'ANA01';
     END IF;
 
-    -- No append straddles a change of position epoch (see the header).
-    PERFORM pg_advisory_xact_lock_shared(annals_epoch_lock_key());
+    -- Four statements in all, each needing what the one before it did: in READ COMMITTED a
+    -- statement's snapshot is taken when it starts, so what is read after a lock must be read
+    -- by a later statement than the one that took it.
+    --
+    -- 1. No append straddles a change of position epoch (see the header), and retries of one
+    --    command id are serialised.
+    PERFORM pg_advisory_xact_lock_shared(annals_epoch_lock_key()),
+            (SELECT count(pg_advisory_xact_lock(key))
+               FROM (SELECT DISTINCT hashtextextended('annals.command:' || c::text, 0) AS key
+                       FROM unnest(p_it_command_ids) AS c WHERE c IS NOT NULL ORDER BY 1) AS keys);
 
-    -- Serialise retries of one command id, then answer the ones already logged.
-    PERFORM pg_advisory_xact_lock(key)
-       FROM (SELECT DISTINCT hashtextextended('annals.command:' || c::text, 0) AS key
-               FROM unnest(p_it_command_ids) AS c WHERE c IS NOT NULL ORDER BY 1) AS keys;
-    FOR v_row IN
-        SELECT u.ord, cl.fingerprint, cl.result, cl.first_position, cl.event_count
-          FROM unnest(p_it_command_ids) WITH ORDINALITY AS u(cid, ord)
-          JOIN command_log cl ON cl.command_id = u.cid
-    LOOP
-        IF v_row.fingerprint IS DISTINCT FROM p_it_fingerprints[v_row.ord] THEN
-            it_status[v_row.ord] := 3;
+    -- 2. The command ids already logged (read after their locks), and the streams locked in a
+    --    fixed order (no deadlocks). A logged item's streams are locked too, harmlessly.
+    SELECT (SELECT count(pg_advisory_xact_lock(key))
+              FROM (SELECT DISTINCT hashtextextended('annals.stream:' || sid, 0) AS key
+                      FROM unnest(p_slot_stream) AS sid ORDER BY 1) AS keys),
+           array_agg(u.ord), array_agg(cl.fingerprint), array_agg(cl.result::text),
+           array_agg(cl.first_position), array_agg(cl.event_count)
+      INTO k, lg_item, lg_fingerprint, lg_result, lg_first, lg_count
+      FROM unnest(p_it_command_ids) WITH ORDINALITY AS u(cid, ord)
+      JOIN command_log cl ON cl.command_id = u.cid;
+    FOR j IN 1 .. coalesce(array_length(lg_item, 1), 0) LOOP
+        i := lg_item[j];
+        IF lg_fingerprint[j] IS DISTINCT FROM p_it_fingerprints[i] THEN
+            it_status[i] := 3;
+        ELSIF lg_result[j] IS NOT NULL THEN
+            it_status[i] := 1;
+            it_detail[i] := lg_result[j];
         ELSE
-            it_status[v_row.ord] := 1;
-            IF v_row.result IS NOT NULL THEN
-                it_detail[v_row.ord] := v_row.result::text;
-            ELSE
-                it_detail[v_row.ord] := (
-                    SELECT jsonb_build_object(
-                        'events', jsonb_agg(jsonb_build_object(
-                            'event_id', ev.event_id, 'stream_id', ev.stream_id,
-                            'stream_version', ev.stream_version,
-                            'global_position', ev.global_position) ORDER BY ev.global_position),
-                        'recorded_at', min(ev.recorded_at))::text
-                      FROM events ev
-                     WHERE ev.global_position >= v_row.first_position
-                       AND ev.global_position < v_row.first_position + v_row.event_count);
-            END IF;
+            it_status[i] := 1;
+            it_detail[i] := (
+                SELECT jsonb_build_object(
+                    'events', jsonb_agg(jsonb_build_object(
+                        'event_id', ev.event_id, 'stream_id', ev.stream_id,
+                        'stream_version', ev.stream_version,
+                        'global_position', ev.global_position) ORDER BY ev.global_position),
+                    'recorded_at', min(ev.recorded_at))::text
+                  FROM events ev
+                 WHERE ev.global_position >= lg_first[j]
+                   AND ev.global_position < lg_first[j] + lg_count[j]);
         END IF;
     END LOOP;
 
-    -- Lock the streams of the undecided items in a fixed order (no deadlocks), then read heads.
-    PERFORM pg_advisory_xact_lock(key)
-       FROM (SELECT DISTINCT hashtextextended('annals.stream:' || p_slot_stream[p_en_slot[en]], 0) AS key
-               FROM generate_series(1, n_entries) AS en
-              WHERE it_status[p_en_item[en]] = 0 ORDER BY 1) AS keys;
     -- After the locks: a waiter reads a later time than the append it waited for.
     v_now := clock_timestamp();
-    FOR v_row IN
-        SELECT u.ord, st.version, st.last_hash, st.tenant_id, st.stream_type
-          FROM unnest(p_slot_stream) WITH ORDINALITY AS u(sid, ord)
-          JOIN streams st ON st.stream_id = u.sid
-    LOOP
-        sl_version[v_row.ord] := v_row.version;
-        sl_hash[v_row.ord] := v_row.last_hash;
-        sl_tenant[v_row.ord] := v_row.tenant_id;
-        sl_type[v_row.ord] := v_row.stream_type;
+
+    -- 3. The stream heads (read after their locks), the position epoch, and the newest event for
+    --    the restore check.
+    SELECT array_agg(st.version ORDER BY u.ord), array_agg(st.last_hash ORDER BY u.ord),
+           array_agg(st.tenant_id ORDER BY u.ord), array_agg(st.stream_type ORDER BY u.ord),
+           coalesce((SELECT ep.xid_offset FROM annals_position_epochs ep
+                      ORDER BY ep.epoch DESC LIMIT 1), 0),
+           annals_delivery_floor(),
+           (SELECT ev.global_position FROM events ev ORDER BY ev.global_position DESC LIMIT 1),
+           (SELECT ev.tx_id FROM events ev ORDER BY ev.global_position DESC LIMIT 1)
+      INTO hd_version, hd_hash, hd_tenant, hd_type, v_offset, v_floor, v_last_pos, v_last_tx
+      FROM unnest(p_slot_stream) WITH ORDINALITY AS u(sid, ord)
+      LEFT JOIN streams st ON st.stream_id = u.sid;
+    FOR s IN 1 .. n_slots LOOP
+        IF hd_version[s] IS NOT NULL THEN
+            sl_version[s] := hd_version[s];
+            sl_hash[s] := hd_hash[s];
+            sl_tenant[s] := hd_tenant[s];
+            sl_type[s] := hd_type[s];
+        END IF;
     END LOOP;
     sl_head := sl_version;
 
@@ -255,13 +279,6 @@ BEGIN
     END LOOP;
 
     IF v_accepted > 0 THEN
-        SELECT coalesce((SELECT ep.xid_offset FROM annals_position_epochs ep
-                          ORDER BY ep.epoch DESC LIMIT 1), 0),
-               annals_delivery_floor(), last.global_position, last.tx_id
-          INTO v_offset, v_floor, v_last_pos, v_last_tx
-          FROM (SELECT 1) AS one
-          LEFT JOIN LATERAL (SELECT ev.global_position, ev.tx_id FROM events ev
-                              ORDER BY ev.global_position DESC LIMIT 1) AS last ON true;
         -- Every xid this cluster assigned is below its snapshot's xmax; a stored one that is not
         -- was assigned by another cluster (a logical restore).
         IF v_last_pos >= v_floor AND v_last_tx >= pg_snapshot_xmax(pg_current_snapshot()) THEN
@@ -315,25 +332,28 @@ BEGIN
             j := j + p_en_count[e];
         END LOOP;
 
-        INSERT INTO events (global_position, event_id, stream_id, stream_type, stream_version,
-                            tenant_id, event_type, schema_version, payload, metadata, recorded_at,
-                            tx_id, hash)
-        SELECT ev_pos[g], p_ev_ids[g], p_slot_stream[p_en_slot[ev_entry[g]]],
-               p_en_type[ev_entry[g]], ev_ver[g], p_it_tenants[ev_item[g]], p_ev_types[g],
-               p_ev_schema_versions[g], p_ev_payloads[g]::json, p_it_metadata[ev_item[g]]::json,
-               v_now, v_xid, ev_hash[g]
-          FROM generate_series(1, n_events) AS gs(g)
-         WHERE it_status[ev_item[g]] = 0;
-
-        INSERT INTO streams AS st (stream_id, stream_type, tenant_id, version, last_hash,
-                                   created_at, updated_at)
-        SELECT p_slot_stream[g], sl_type[g], sl_tenant[g], sl_version[g], sl_hash[g], v_now, v_now
-          FROM generate_series(1, n_slots) AS gs(g)
-         WHERE sl_written[g]
-        ON CONFLICT (stream_id) DO UPDATE
-           SET version = excluded.version, last_hash = excluded.last_hash,
-               updated_at = excluded.updated_at;
-
+        -- 4. Events, stream heads and command log in one statement.
+        WITH new_events AS (
+            INSERT INTO events (global_position, event_id, stream_id, stream_type,
+                                stream_version, tenant_id, event_type, schema_version, payload,
+                                metadata, recorded_at, tx_id, hash)
+            SELECT ev_pos[g], p_ev_ids[g], p_slot_stream[p_en_slot[ev_entry[g]]],
+                   p_en_type[ev_entry[g]], ev_ver[g], p_it_tenants[ev_item[g]], p_ev_types[g],
+                   p_ev_schema_versions[g], p_ev_payloads[g]::json,
+                   p_it_metadata[ev_item[g]]::json, v_now, v_xid, ev_hash[g]
+              FROM generate_series(1, n_events) AS gs(g)
+             WHERE it_status[ev_item[g]] = 0
+        ), heads AS (
+            INSERT INTO streams AS st (stream_id, stream_type, tenant_id, version, last_hash,
+                                       created_at, updated_at)
+            SELECT p_slot_stream[g], sl_type[g], sl_tenant[g], sl_version[g], sl_hash[g], v_now,
+                   v_now
+              FROM generate_series(1, n_slots) AS gs(g)
+             WHERE sl_written[g]
+            ON CONFLICT (stream_id) DO UPDATE
+               SET version = excluded.version, last_hash = excluded.last_hash,
+                   updated_at = excluded.updated_at
+        )
         INSERT INTO command_log (command_id, fingerprint, result, recorded_at, first_position,
                                  event_count)
         SELECT p_it_command_ids[g], p_it_fingerprints[g], NULL, v_now, it_first[g], it_count[g]
