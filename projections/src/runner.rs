@@ -26,6 +26,11 @@ pub const PROGRESS_CHANNEL: &str = "annals_projection_progress";
 /// Schema holding a projection's fresh tables during a rebuild (see [`crate::rebuild`]).
 pub const REBUILD_SCHEMA: &str = "annals_rebuild";
 
+/// Raises the projection's highest applied position (lag metrics, both source modes).
+const UPSERT_PROGRESS: &str = "INSERT INTO projection_progress (projection, position, updated_at) \
+     VALUES ($1, $2, now()) ON CONFLICT (projection) DO UPDATE \
+     SET position = GREATEST(projection_progress.position, excluded.position), updated_at = now()";
+
 /// Tuning of a [`Runner`]; the defaults are the worker's defaults.
 #[derive(Debug, Clone)]
 pub struct RunnerOptions {
@@ -82,6 +87,12 @@ pub(crate) enum Target {
 enum AttemptError {
     /// A handler failed on the fast path: replay the batch carefully.
     Handler(ProjectionError),
+    /// An event failed on the careful path and has attempts left: the transaction was rolled
+    /// back; pause (outside any transaction) for this attempt's back-off, then replay.
+    Retry {
+        /// The failed attempt of that event (1-based).
+        attempt: u32,
+    },
     /// Anything else: the batch failed as a whole.
     Other(ProjectionError),
 }
@@ -90,6 +101,19 @@ impl<E: Into<ProjectionError>> From<E> for AttemptError {
     fn from(e: E) -> Self {
         AttemptError::Other(e.into())
     }
+}
+
+/// The state of one pass over a batch (one transaction).
+struct Pass<'a> {
+    streams: HashMap<String, StreamState>,
+    stats: BatchStats,
+    /// Careful pass: each event applied alone in a savepoint; fast pass: events collected in
+    /// `pending` and applied as one set.
+    careful: bool,
+    /// Fast pass: the events to apply, each the next of its stream, in application order.
+    pending: Vec<RecordedEvent>,
+    /// Failed attempts per event, kept across the careful passes of one batch.
+    failures: &'a mut HashMap<uuid::Uuid, (u32, String)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -158,27 +182,42 @@ impl Runner {
             .filter(|e| self.projection.handles(&e.stream_type))
             .collect();
         let max_position = events.iter().map(|e| e.global_position.0).max();
+        let mut failures = HashMap::new();
         match self
-            .attempt(&mine, max_position, checkpoint, target, false)
+            .attempt(&mine, max_position, checkpoint, target, false, &mut failures)
             .await
         {
-            Ok(stats) => Ok(stats),
+            Ok(stats) => return Ok(stats),
             Err(AttemptError::Handler(err)) => {
                 tracing::warn!(
                     projection = self.projection.name(),
                     error = %err,
-                    "handler failed; replaying the batch event by event"
+                    "batch failed; replaying it event by event to isolate the failure"
                 );
-                self.attempt(&mine, max_position, checkpoint, target, true)
-                    .await
-                    .map_err(|e| match e {
-                        AttemptError::Handler(e) | AttemptError::Other(e) => e,
-                    })
             }
-            Err(AttemptError::Other(err)) => Err(err),
+            Err(AttemptError::Retry { .. }) => {}
+            Err(AttemptError::Other(err)) => return Err(err),
+        }
+        // Every careful pass either commits or adds one failed attempt to one event, and an
+        // event with no attempts left is dead-lettered instead: this loop ends.
+        loop {
+            match self
+                .attempt(&mine, max_position, checkpoint, target, true, &mut failures)
+                .await
+            {
+                Ok(stats) => return Ok(stats),
+                Err(AttemptError::Retry { attempt }) => {
+                    // The pass's transaction is rolled back by now: sleeping here holds no
+                    // xid (a held xid would hold back every reader of the cluster).
+                    tokio::time::sleep(self.options.retry_backoff * attempt).await;
+                }
+                Err(AttemptError::Handler(err) | AttemptError::Other(err)) => return Err(err),
+            }
         }
     }
 
+    /// One pass over a batch in one transaction, rolled back explicitly on any error so that
+    /// the connection holds no transaction once this returns.
     async fn attempt(
         &self,
         events: &[&RecordedEvent],
@@ -186,9 +225,50 @@ impl Runner {
         checkpoint: Option<CheckpointMove>,
         target: Target,
         careful: bool,
+        failures: &mut HashMap<uuid::Uuid, (u32, String)>,
+    ) -> Result<BatchStats, AttemptError> {
+        let mut tx = self.pool.begin().await?;
+        let outcome = self
+            .attempt_in(
+                &mut tx,
+                events,
+                max_position,
+                checkpoint,
+                target,
+                careful,
+                failures,
+            )
+            .await;
+        match outcome {
+            Ok(stats) => {
+                tx.commit().await?;
+                if target == Target::Live {
+                    self.progress.wake(&self.pool);
+                }
+                Ok(stats)
+            }
+            Err(err) => {
+                if let Err(rollback) = tx.rollback().await {
+                    tracing::warn!(projection = self.projection.name(), error = %rollback,
+                        "rollback of a failed batch failed");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt_in(
+        &self,
+        tx: &mut PgConnection,
+        events: &[&RecordedEvent],
+        max_position: Option<i64>,
+        checkpoint: Option<CheckpointMove>,
+        target: Target,
+        careful: bool,
+        failures: &mut HashMap<uuid::Uuid, (u32, String)>,
     ) -> Result<BatchStats, AttemptError> {
         let name = self.projection.name();
-        let mut tx = self.pool.begin().await?;
         match target {
             Target::Shadow => {
                 // The schema name is the fixed constant REBUILD_SCHEMA, never input.
@@ -214,34 +294,36 @@ impl Runner {
             }
         }
 
-        let mut streams = self.lock_streams(&mut tx, events).await?;
-        let mut stats = BatchStats::default();
+        let streams = self.lock_streams(&mut *tx, events).await?;
+        let mut pass = Pass {
+            streams,
+            stats: BatchStats::default(),
+            careful,
+            pending: Vec::new(),
+            failures,
+        };
         for event in events {
-            self.apply_one(&mut tx, event, &mut streams, careful, &mut stats)
-                .await?;
+            self.apply_one(&mut *tx, event, &mut pass).await?;
         }
-        write_streams(&mut tx, name, &streams).await?;
+        if !pass.pending.is_empty() {
+            self.projection
+                .apply_batch(&mut *tx, &pass.pending)
+                .await
+                .map_err(AttemptError::Handler)?;
+        }
+        write_streams(&mut *tx, name, &pass.streams).await?;
         if let (Target::Live, Some(position)) = (target, max_position) {
-            sqlx::query(
-                "INSERT INTO projection_progress (projection, position, updated_at) \
-                 VALUES ($1, $2, now()) ON CONFLICT (projection) DO UPDATE \
-                 SET position = GREATEST(projection_progress.position, excluded.position), \
-                     updated_at = now()",
-            )
-            .bind(name)
-            .bind(position)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(UPSERT_PROGRESS)
+                .bind(name)
+                .bind(position)
+                .execute(&mut *tx)
+                .await?;
         }
         if let Some(cp) = checkpoint {
             event_store::save_checkpoint(&mut *tx, &self.projection.checkpoint_name(), cp.to)
                 .await?;
         }
-        tx.commit().await?;
-        if target == Target::Live {
-            self.progress.wake(&self.pool);
-        }
-        Ok(stats)
+        Ok(pass.stats)
     }
 
     /// Locks every stream of the batch (sorted: no deadlocks between workers during a
@@ -301,11 +383,10 @@ impl Runner {
         &self,
         conn: &mut PgConnection,
         event: &RecordedEvent,
-        streams: &mut HashMap<String, StreamState>,
-        careful: bool,
-        stats: &mut BatchStats,
+        pass: &mut Pass<'_>,
     ) -> Result<(), AttemptError> {
-        let state = *streams
+        let state = *pass
+            .streams
             .entry(event.stream_id.clone())
             .or_insert(StreamState {
                 version: 0,
@@ -314,20 +395,11 @@ impl Runner {
                 dirty: false,
             });
         if event.stream_version <= state.version {
-            stats.duplicates += 1;
+            pass.stats.duplicates += 1;
             return Ok(());
         }
         if state.parked {
-            dead_letter(
-                conn,
-                self.projection.name(),
-                event,
-                "parked",
-                "waiting behind an earlier failed event of this stream",
-                0,
-            )
-            .await?;
-            stats.parked += 1;
+            self.park(conn, event, pass).await?;
             return Ok(());
         }
         if event.stream_version > state.version + 1 {
@@ -349,47 +421,55 @@ impl Runner {
                 .iter()
                 .filter(|e| e.stream_version < event.stream_version)
             {
-                self.apply_checked(conn, earlier, streams, careful, stats)
-                    .await?;
-                stats.gap_filled += 1;
-                if streams.get(&event.stream_id).is_some_and(|s| s.parked) {
+                self.apply_checked(conn, earlier, pass).await?;
+                pass.stats.gap_filled += 1;
+                if pass.streams.get(&event.stream_id).is_some_and(|s| s.parked) {
                     break;
                 }
             }
-            let now = streams.get(&event.stream_id).copied();
-            if now.is_some_and(|s| s.parked || s.version + 1 != event.stream_version) {
-                if now.is_some_and(|s| s.parked) {
-                    dead_letter(
-                        conn,
-                        self.projection.name(),
-                        event,
-                        "parked",
-                        "waiting behind an earlier failed event of this stream",
-                        0,
-                    )
-                    .await?;
-                    stats.parked += 1;
-                    return Ok(());
-                }
+            let now = pass.streams.get(&event.stream_id).copied();
+            if now.is_some_and(|s| s.parked) {
+                self.park(conn, event, pass).await?;
+                return Ok(());
+            }
+            if now.is_some_and(|s| s.version + 1 != event.stream_version) {
                 return Err(AttemptError::Other(ProjectionError::Inconsistent(format!(
                     "stream {} has a gap before version {} that the store cannot fill",
                     event.stream_id, event.stream_version
                 ))));
             }
         }
-        self.apply_checked(conn, event, streams, careful, stats)
-            .await
+        self.apply_checked(conn, event, pass).await
     }
 
-    /// Applies an event that is the next of its stream: directly on the fast path; in a
-    /// savepoint with bounded retries, then as a dead letter, on the careful path.
+    /// Holds `event` back behind an earlier failed event of its stream.
+    async fn park(
+        &self,
+        conn: &mut PgConnection,
+        event: &RecordedEvent,
+        pass: &mut Pass<'_>,
+    ) -> Result<(), AttemptError> {
+        dead_letter(
+            conn,
+            self.projection.name(),
+            event,
+            "parked",
+            "waiting behind an earlier failed event of this stream",
+            0,
+        )
+        .await?;
+        pass.stats.parked += 1;
+        Ok(())
+    }
+
+    /// Takes an event that is the next of its stream: into the batch's set on the fast path;
+    /// alone in a savepoint on the careful path, where a failure either ends the pass (attempts
+    /// left: the caller rolls back, pauses and replays) or dead-letters the event.
     async fn apply_checked(
         &self,
         conn: &mut PgConnection,
         event: &RecordedEvent,
-        streams: &mut HashMap<String, StreamState>,
-        careful: bool,
-        stats: &mut BatchStats,
+        pass: &mut Pass<'_>,
     ) -> Result<(), AttemptError> {
         let advance = |streams: &mut HashMap<String, StreamState>| {
             if let Some(s) = streams.get_mut(&event.stream_id) {
@@ -398,33 +478,25 @@ impl Runner {
                 s.dirty = true;
             }
         };
-        if !careful {
-            self.projection
-                .apply(conn, event)
-                .await
-                .map_err(AttemptError::Handler)?;
-            advance(streams);
-            stats.applied += 1;
+        if !pass.careful {
+            pass.pending.push(event.clone());
+            advance(&mut pass.streams);
+            pass.stats.applied += 1;
             return Ok(());
         }
-        let mut last_error = None;
-        for attempt in 1..=self.options.max_attempts.max(1) {
-            sqlx::query("SAVEPOINT annals_event")
-                .execute(&mut *conn)
-                .await?;
-            match self.projection.apply(conn, event).await {
+        let max_attempts = self.options.max_attempts.max(1);
+        let failed_before = pass.failures.get(&event.event_id).map_or(0, |f| f.0);
+        let error = if failed_before < max_attempts {
+            match apply_once(conn, self.projection.as_ref(), event).await? {
                 Ok(()) => {
-                    sqlx::query("RELEASE SAVEPOINT annals_event")
-                        .execute(&mut *conn)
-                        .await?;
-                    advance(streams);
-                    stats.applied += 1;
+                    advance(&mut pass.streams);
+                    pass.stats.applied += 1;
                     return Ok(());
                 }
                 Err(err) => {
-                    sqlx::query("ROLLBACK TO SAVEPOINT annals_event")
-                        .execute(&mut *conn)
-                        .await?;
+                    let attempt = failed_before + 1;
+                    pass.failures
+                        .insert(event.event_id, (attempt, err.to_string()));
                     tracing::warn!(
                         projection = self.projection.name(),
                         event_id = %event.event_id,
@@ -433,32 +505,37 @@ impl Runner {
                         error = %err,
                         "handler failed"
                     );
-                    last_error = Some(err);
-                    if attempt < self.options.max_attempts {
-                        tokio::time::sleep(self.options.retry_backoff * attempt).await;
+                    if attempt < max_attempts {
+                        return Err(AttemptError::Retry { attempt });
                     }
+                    err.to_string()
                 }
             }
-        }
-        let error = last_error.map_or_else(String::new, |e| e.to_string());
+        } else {
+            // Out of attempts in an earlier pass (a later event's retry replayed the batch).
+            pass.failures
+                .get(&event.event_id)
+                .map(|f| f.1.clone())
+                .unwrap_or_default()
+        };
         dead_letter(
             conn,
             self.projection.name(),
             event,
             "failed",
             &error,
-            i32::try_from(self.options.max_attempts).unwrap_or(i32::MAX),
+            i32::try_from(max_attempts).unwrap_or(i32::MAX),
         )
         .await?;
         metrics::counter!("annals_projection_dead_letters_total",
             "projection" => self.projection.name())
         .increment(1);
-        if let Some(s) = streams.get_mut(&event.stream_id) {
+        if let Some(s) = pass.streams.get_mut(&event.stream_id) {
             s.parked = true;
             // The row must exist so that later batches see the stream as parked.
             s.dirty = true;
         }
-        stats.dead_lettered += 1;
+        pass.stats.dead_lettered += 1;
         Ok(())
     }
 

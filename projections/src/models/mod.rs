@@ -79,3 +79,52 @@ pub(crate) fn expect_row(
     }
     Ok(())
 }
+
+/// An instant as the read models store it: Postgres keeps microseconds, and the binding of a
+/// `DateTime` truncates (not rounds) the nanoseconds, so the set-based writes do the same.
+pub(crate) fn ts(at: DateTime<Utc>) -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    at.trunc_subsecs(6)
+}
+
+/// Rows of a table whose key is in `keys`, each read whole as JSON (`to_jsonb(row)`) into its
+/// row type: one statement for a batch. `sql` is a named constant taking the keys as `$1`.
+pub(crate) async fn load_rows<K, R>(
+    conn: &mut sqlx::PgConnection,
+    sql: &'static str,
+    keys: Vec<K>,
+) -> Result<Vec<R>, ProjectionError>
+where
+    K: for<'q> sqlx::Encode<'q, sqlx::Postgres>
+        + sqlx::Type<sqlx::Postgres>
+        + sqlx::postgres::PgHasArrayType
+        + Send,
+    R: serde::de::DeserializeOwned + Send + Unpin + 'static,
+{
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<sqlx::types::Json<R>> = sqlx::query_scalar(sql)
+        .bind(keys)
+        .fetch_all(conn)
+        .await?;
+    Ok(rows.into_iter().map(|r| r.0).collect())
+}
+
+/// Writes `rows` with one statement: `sql` is a named constant reading them as `$1`, a JSON
+/// array, through `jsonb_populate_recordset(NULL::<table>, $1)` (the table's own row type, so a
+/// rebuild's `search_path` picks the shadow table's).
+pub(crate) async fn write_rows<R: serde::Serialize + Sync>(
+    conn: &mut sqlx::PgConnection,
+    sql: &'static str,
+    rows: &[R],
+) -> Result<(), ProjectionError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(sql)
+        .bind(sqlx::types::Json(rows))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
