@@ -7,14 +7,20 @@
 //! 2. The store is replayed into them with the very same handlers: the runner's transactions set
 //!    `search_path` to the shadow schema first. The live tables keep serving meanwhile. A
 //!    progress bar shows events/s and the ETA.
+//!    Before the replay, `annals_rebuild_dress` (migration `20261202000201`) gives each fresh
+//!    table what `LIKE` does not copy: the live index names, row-level security and its
+//!    policies, privileges and triggers (the audit log's append-only triggers included).
 //! 3. The swap takes the projection's advisory lock exclusively, which waits for in-flight live
 //!    batches and holds new ones. If the store has events the shadow has not seen yet, the lock
-//!    is released and the shadow catches up again. Otherwise, in that one transaction, the live
-//!    tables' rows are replaced by the shadow's (DELETE + INSERT, so readers see the old model
-//!    until commit; the append-only audit log is truncated under the transaction-local
-//!    `annals.audit_swap` setting), the per-stream versions and dead letters are replaced, and
-//!    the checkpoint is set to the shadow's position. A live store runner notices the moved
-//!    checkpoint (it is fenced) and resumes from it; a Kafka runner dedupes by stream version.
+//!    is released and the shadow catches up again. Otherwise, in one short transaction, the
+//!    shadow tables are moved into `public` and the live ones out to `annals_retired`
+//!    (`annals_rebuild_swap`, which also re-points the views over them): a catalog change,
+//!    whatever the size of the model, so readers wait only for that short lock (bounded by
+//!    `lock_timeout`; a swap that cannot get its locks in time is retried). The per-stream
+//!    versions and dead letters are replaced and the checkpoint set to the shadow's position
+//!    in the same transaction; the retired tables are dropped after the commit. A live store
+//!    runner notices the moved checkpoint (it is fenced) and resumes from it; a Kafka runner
+//!    dedupes by stream version.
 //!
 //! One rebuild runs at a time (a session advisory lock), because the bookkeeping tables of the
 //! shadow schema are shared.
@@ -24,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use event_store::{AllBatch, EventStore, Position};
 use indicatif::{ProgressBar, ProgressStyle};
-use sqlx::{Connection, PgConnection};
+use sqlx::Connection;
 use tracing::Instrument;
 
 use crate::projection::{Projection, ProjectionError};
@@ -32,6 +38,19 @@ use crate::runner::{Runner, RunnerOptions, Target};
 
 /// Runner tables copied along with a projection's own tables (rows filtered by projection).
 const BOOKKEEPING: &[&str] = &["projection_streams", "projection_dead_letters"];
+
+/// Gives a fresh shadow table the live table's index names, policies, grants and triggers.
+const DRESS_SHADOW: &str = "SELECT annals_rebuild_dress($1)";
+
+/// Moves the shadow tables in and the live ones out (see the module docs).
+const SWAP_TABLES: &str = "SELECT annals_rebuild_swap($1::text[])";
+
+/// How long the swap may wait for the live tables' locks: readers queue behind a waiting
+/// ACCESS EXCLUSIVE request, so the wait is kept short and the swap retried instead.
+const SWAP_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '2s'";
+
+/// SQLSTATE `lock_not_available` (a `lock_timeout` expired).
+const LOCK_NOT_AVAILABLE: &str = "55P03";
 
 /// Session advisory lock key serialising rebuilds (`hashtext('annals:rebuild')` is not stable
 /// across versions, so a constant).
@@ -129,6 +148,12 @@ async fn rebuild_locked(
         .execute(&mut *conn)
         .await?;
     }
+    for table in projection.tables() {
+        sqlx::query(DRESS_SHADOW)
+            .bind(table)
+            .execute(&mut *conn)
+            .await?;
+    }
     drop(conn);
 
     let types: Option<Vec<String>> = projection
@@ -168,6 +193,13 @@ async fn rebuild_locked(
     let mut conn = store.pool().acquire().await?;
     for table in &tables {
         sqlx::query(&format!("DROP TABLE IF EXISTS annals_rebuild.{table}"))
+            .execute(&mut *conn)
+            .await?;
+    }
+    // The retired live tables: dropped outside the swap, so that the swap stays a catalog
+    // change (a reader still on them is waited for here, not inside the swap).
+    for table in projection.tables() {
+        sqlx::query(&format!("DROP TABLE IF EXISTS annals_retired.{table}"))
             .execute(&mut *conn)
             .await?;
     }
@@ -265,8 +297,16 @@ async fn swap(
         tx.rollback().await?;
         return Ok(false);
     }
-    for table in projection.tables() {
-        copy_table(&mut tx, table).await?;
+    sqlx::query(SWAP_LOCK_TIMEOUT).execute(&mut *tx).await?;
+    let names: Vec<&str> = projection.tables().to_vec();
+    match sqlx::query(SWAP_TABLES).bind(&names).execute(&mut *tx).await {
+        Ok(_) => {}
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(LOCK_NOT_AVAILABLE) => {
+            tracing::info!(projection = name, "swap could not lock the live tables in time; retrying");
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        Err(e) => return Err(e.into()),
     }
     for table in BOOKKEEPING {
         sqlx::query(&format!("DELETE FROM public.{table} WHERE projection = $1"))
@@ -292,28 +332,4 @@ async fn swap(
     tx.commit().await?;
     debug_assert!(tables.len() >= projection.tables().len());
     Ok(true)
-}
-
-async fn copy_table(conn: &mut PgConnection, table: &str) -> Result<(), ProjectionError> {
-    if table == "audit_log" {
-        sqlx::query("SET LOCAL annals.audit_swap = 'on'")
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query("TRUNCATE public.audit_log")
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query("SET LOCAL annals.audit_swap = 'off'")
-            .execute(&mut *conn)
-            .await?;
-    } else {
-        sqlx::query(&format!("DELETE FROM public.{table}"))
-            .execute(&mut *conn)
-            .await?;
-    }
-    sqlx::query(&format!(
-        "INSERT INTO public.{table} SELECT * FROM annals_rebuild.{table}"
-    ))
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
 }
