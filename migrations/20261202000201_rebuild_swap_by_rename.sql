@@ -90,7 +90,8 @@ END
 $$;
 
 -- Moves the dressed shadow tables `tbls` into public and the live ones out to annals_retired,
--- and re-points the views over them. Runs inside the caller's (short) swap transaction.
+-- and re-points the views over them. Runs inside the caller's (short) swap transaction; fails
+-- with lock_not_available (55P03) when a table or view is in use at that instant.
 CREATE FUNCTION annals_rebuild_swap(tbls TEXT[]) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -123,6 +124,18 @@ BEGIN
         view_options := view_options || COALESCE(array_to_string(v.reloptions, ', '), '');
         view_defs := view_defs || regexp_replace(pg_get_viewdef(v.oid), ';\s*$', '');
     END LOOP;
+
+    -- Every lock at once and without waiting: a swap that waited for one table while holding
+    -- another could deadlock with a reader holding the second and waiting for the first (a
+    -- view reads several tables; its reader locks the view first). Without the locks, the
+    -- caller rolls back and tries again; readers only ever wait for a swap that has them all.
+    EXECUTE 'LOCK TABLE ' || (
+        SELECT string_agg(x, ', ') FROM (
+            SELECT format('public.%I', y) AS x FROM unnest(tbls) AS y
+            UNION ALL
+            SELECT format('%I.%I', view_schemas[i], view_names[i])
+              FROM generate_subscripts(view_names, 1) AS i) AS l)
+        || ' IN ACCESS EXCLUSIVE MODE NOWAIT';
 
     CREATE SCHEMA IF NOT EXISTS annals_retired;
     FOREACH t IN ARRAY tbls LOOP

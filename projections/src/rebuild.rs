@@ -15,8 +15,10 @@
 //!    is released and the shadow catches up again. Otherwise, in one short transaction, the
 //!    shadow tables are moved into `public` and the live ones out to `annals_retired`
 //!    (`annals_rebuild_swap`, which also re-points the views over them): a catalog change,
-//!    whatever the size of the model, so readers wait only for that short lock (bounded by
-//!    `lock_timeout`; a swap that cannot get its locks in time is retried). The per-stream
+//!    whatever the size of the model, so readers wait only for that short lock. The swap takes
+//!    its locks without waiting (`NOWAIT`, all at once: waiting for one while holding another
+//!    could deadlock with a reader of a view) and is retried after a short pause when a table
+//!    is in use at that instant. The per-stream
 //!    versions and dead letters are replaced and the checkpoint set to the shadow's position
 //!    in the same transaction; the retired tables are dropped after the commit. A live store
 //!    runner notices the moved checkpoint (it is fenced) and resumes from it; a Kafka runner
@@ -45,12 +47,11 @@ const DRESS_SHADOW: &str = "SELECT annals_rebuild_dress($1)";
 /// Moves the shadow tables in and the live ones out (see the module docs).
 const SWAP_TABLES: &str = "SELECT annals_rebuild_swap($1::text[])";
 
-/// How long the swap may wait for the live tables' locks: readers queue behind a waiting
-/// ACCESS EXCLUSIVE request, so the wait is kept short and the swap retried instead.
-const SWAP_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '2s'";
-
-/// SQLSTATE `lock_not_available` (a `lock_timeout` expired).
+/// SQLSTATE `lock_not_available`: the swap's `NOWAIT` locks were not free at that instant.
 const LOCK_NOT_AVAILABLE: &str = "55P03";
+
+/// Pause before the next try of a swap whose locks were not free (readers finish meanwhile).
+const SWAP_RETRY_PAUSE: Duration = Duration::from_millis(10);
 
 /// Session advisory lock key serialising rebuilds (`hashtext('annals:rebuild')` is not stable
 /// across versions, so a constant).
@@ -180,15 +181,22 @@ async fn rebuild_locked(
     };
 
     let runner = Runner::new(store.clone(), projection.clone(), options.runner.clone());
-    let mut position = Position::START;
-    let mut events = 0_u64;
+    let mut replay = Replay {
+        store,
+        runner: &runner,
+        types: &types,
+        options,
+        bar: &bar,
+        position: Position::START,
+        events: 0,
+    };
     loop {
-        let n = catch_up(store, &runner, &types, &mut position, options, &bar).await?;
-        events += n;
-        if swap(store, projection.as_ref(), &types, position, &tables).await? {
+        replay.catch_up().await?;
+        if swap(&mut replay, projection.as_ref()).await? {
             break;
         }
     }
+    let (events, position) = (replay.events, replay.position);
     bar.finish();
     let mut conn = store.pool().acquire().await?;
     for table in &tables {
@@ -237,73 +245,98 @@ async fn read(
     })
 }
 
-/// Replays everything after `position` into the shadow tables.
-async fn catch_up(
-    store: &EventStore,
-    runner: &Runner,
-    types: &Option<Vec<String>>,
-    position: &mut Position,
-    options: &RebuildOptions,
-    bar: &ProgressBar,
-) -> Result<u64, ProjectionError> {
-    let mut count = 0;
-    loop {
-        let batch = read(store, types, *position, options.batch_size).await?;
-        if batch.events.is_empty() {
-            if batch.held_back {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                continue;
-            }
-            return Ok(count);
-        }
-        runner
-            .process_to(&batch.events, None, Target::Shadow)
+/// The replay of the store into the shadow tables, and how far it got.
+struct Replay<'a> {
+    store: &'a EventStore,
+    runner: &'a Runner,
+    types: &'a Option<Vec<String>>,
+    options: &'a RebuildOptions,
+    bar: &'a ProgressBar,
+    /// The last position applied to the shadow tables.
+    position: Position,
+    /// Events applied so far.
+    events: u64,
+}
+
+impl Replay<'_> {
+    /// Replays everything after `position` into the shadow tables.
+    async fn catch_up(&mut self) -> Result<(), ProjectionError> {
+        loop {
+            let batch = read(
+                self.store,
+                self.types,
+                self.position,
+                self.options.batch_size,
+            )
             .await?;
-        *position = batch.next_after(*position);
-        let n = batch.events.len() as u64;
-        count += n;
-        bar.inc(n);
-        // The projection's events may outnumber the count taken at the start.
-        if bar.position() > bar.length().unwrap_or(0) {
-            bar.set_length(bar.position());
+            if batch.events.is_empty() {
+                if batch.held_back {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+                return Ok(());
+            }
+            self.runner
+                .process_to(&batch.events, None, Target::Shadow)
+                .await?;
+            self.position = batch.next_after(self.position);
+            let n = batch.events.len() as u64;
+            self.events += n;
+            self.bar.inc(n);
+            // The projection's events may outnumber the count taken at the start.
+            if self.bar.position() > self.bar.length().unwrap_or(0) {
+                self.bar.set_length(self.bar.position());
+            }
         }
     }
 }
 
-/// Swaps the shadow tables in if the shadow is at the store's head; `false` = catch up first.
+/// Swaps the shadow tables in; `false` = the live tables were in use, try again.
+///
+/// Holding the projection's lock, which stops live batches (not the store's writers), the
+/// shadow first catches up with whatever was appended meanwhile, until nothing is pending:
+/// with commands running at full speed, giving up whenever something is pending would retry
+/// forever.
 async fn swap(
-    store: &EventStore,
+    replay: &mut Replay<'_>,
     projection: &dyn Projection,
-    types: &Option<Vec<String>>,
-    position: Position,
-    tables: &[&'static str],
 ) -> Result<bool, ProjectionError> {
     let name = projection.name();
+    let store = replay.store;
     let mut tx = store.pool().begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
         .bind(projection.checkpoint_name())
         .execute(&mut *tx)
         .await?;
-    // On this connection: waiting live runners hold pool connections while we hold the lock.
-    let pending: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM events WHERE global_position > $1 \
-                          AND ($2::text[] IS NULL OR stream_type = ANY($2)))",
-    )
-    .bind(position.0)
-    .bind(types)
-    .fetch_one(&mut *tx)
-    .await?;
-    if pending {
-        tx.rollback().await?;
-        return Ok(false);
+    loop {
+        // On this connection: waiting live runners hold pool connections while we hold the
+        // lock. The transaction has no xid yet (a lock and reads only).
+        let pending: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM events WHERE global_position > $1 \
+                              AND ($2::text[] IS NULL OR stream_type = ANY($2)))",
+        )
+        .bind(replay.position.0)
+        .bind(replay.types)
+        .fetch_one(&mut *tx)
+        .await?;
+        if !pending {
+            break;
+        }
+        replay.catch_up().await?;
     }
-    sqlx::query(SWAP_LOCK_TIMEOUT).execute(&mut *tx).await?;
+    let position = replay.position;
     let names: Vec<&str> = projection.tables().to_vec();
-    match sqlx::query(SWAP_TABLES).bind(&names).execute(&mut *tx).await {
+    match sqlx::query(SWAP_TABLES)
+        .bind(&names)
+        .execute(&mut *tx)
+        .await
+    {
         Ok(_) => {}
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(LOCK_NOT_AVAILABLE) => {
-            tracing::info!(projection = name, "swap could not lock the live tables in time; retrying");
+            tracing::debug!(projection = name, "live tables in use; retrying the swap");
             tx.rollback().await?;
+            // Outside any transaction: nothing is held while pausing.
+            tokio::time::sleep(SWAP_RETRY_PAUSE).await;
             return Ok(false);
         }
         Err(e) => return Err(e.into()),
@@ -330,6 +363,5 @@ async fn swap(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    debug_assert!(tables.len() >= projection.tables().len());
     Ok(true)
 }

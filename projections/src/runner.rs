@@ -184,7 +184,14 @@ impl Runner {
         let max_position = events.iter().map(|e| e.global_position.0).max();
         let mut failures = HashMap::new();
         match self
-            .attempt(&mine, max_position, checkpoint, target, false, &mut failures)
+            .attempt(
+                &mine,
+                max_position,
+                checkpoint,
+                target,
+                false,
+                &mut failures,
+            )
             .await
         {
             Ok(stats) => return Ok(stats),

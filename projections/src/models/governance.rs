@@ -92,8 +92,7 @@ impl Projection for GovernanceProjection {
         events: &[RecordedEvent],
     ) -> Result<(), ProjectionError> {
         let mut rows = Vec::with_capacity(events.len());
-        let mut daily: BTreeMap<(String, NaiveDate, String, String), DailyDelta> =
-            BTreeMap::new();
+        let mut daily: BTreeMap<(String, NaiveDate, String, String), DailyDelta> = BTreeMap::new();
         for event in events {
             let GovernanceEvent::Recorded(d) = decode(event)?;
             let pos = event.global_position.0;

@@ -104,10 +104,8 @@ where
     if keys.is_empty() {
         return Ok(Vec::new());
     }
-    let rows: Vec<sqlx::types::Json<R>> = sqlx::query_scalar(sql)
-        .bind(keys)
-        .fetch_all(conn)
-        .await?;
+    let rows: Vec<sqlx::types::Json<R>> =
+        sqlx::query_scalar(sql).bind(keys).fetch_all(conn).await?;
     Ok(rows.into_iter().map(|r| r.0).collect())
 }
 

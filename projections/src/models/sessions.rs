@@ -172,7 +172,8 @@ impl Fold {
         pos: i64,
     ) -> usize {
         let mut n = 0;
-        let range = (session, String::new(), i64::MIN)..=(session, String::from("\u{10ffff}"), i64::MAX);
+        let range =
+            (session, String::new(), i64::MIN)..=(session, String::from("\u{10ffff}"), i64::MAX);
         for (key, p) in self.personas.range_mut(range) {
             if p.is_active && persona.is_none_or(|id| id == p.persona_id) {
                 p.is_active = false;
@@ -202,7 +203,11 @@ impl Fold {
         Ok(())
     }
 
-    fn apply(&mut self, event: &RecordedEvent, e: &AgentSessionEvent) -> Result<(), ProjectionError> {
+    fn apply(
+        &mut self,
+        event: &RecordedEvent,
+        e: &AgentSessionEvent,
+    ) -> Result<(), ProjectionError> {
         let pos = event.global_position.0;
         match e {
             AgentSessionEvent::Created(c) => {
@@ -356,7 +361,9 @@ impl Fold {
             AgentSessionEvent::PersonaDeactivated(p) => {
                 let session = p.session_id.as_uuid();
                 if self.deactivate(session, Some(p.persona_id.as_str()), p.at, pos) == 0 {
-                    return Err(ProjectionError::Inconsistent("active persona not found".into()));
+                    return Err(ProjectionError::Inconsistent(
+                        "active persona not found".into(),
+                    ));
                 }
                 self.session(event, session, p.at)?;
                 Ok(())
@@ -380,8 +387,14 @@ impl Fold {
             .collect();
         write_rows(conn, UPSERT_PERSONAS, &personas).await?;
         if !self.activity.is_empty() {
-            let mut cols: (Vec<&str>, Vec<&str>, Vec<i64>, Vec<String>, Vec<Option<DateTime<Utc>>>, Vec<i64>) =
-                Default::default();
+            let mut cols: (
+                Vec<&str>,
+                Vec<&str>,
+                Vec<i64>,
+                Vec<String>,
+                Vec<Option<DateTime<Utc>>>,
+                Vec<i64>,
+            ) = Default::default();
             for ((tenant, user), a) in &self.activity {
                 cols.0.push(tenant);
                 cols.1.push(user);
@@ -401,8 +414,15 @@ impl Fold {
                 .await?;
         }
         if !self.cost.is_empty() {
-            let mut cols: (Vec<&str>, Vec<&str>, Vec<NaiveDate>, Vec<String>, Vec<i64>, Vec<i64>, Vec<i64>) =
-                Default::default();
+            let mut cols: (
+                Vec<&str>,
+                Vec<&str>,
+                Vec<NaiveDate>,
+                Vec<String>,
+                Vec<i64>,
+                Vec<i64>,
+                Vec<i64>,
+            ) = Default::default();
             for ((tenant, user, day), d) in &self.cost {
                 cols.0.push(tenant);
                 cols.1.push(user);
@@ -476,7 +496,11 @@ impl Projection for AgentSessionsProjection {
         }
         for row in load_rows::<_, PersonaRow>(conn, LOAD_PERSONAS, ids).await? {
             fold.personas.insert(
-                (row.session_id, row.persona_id.clone(), row.activated_position),
+                (
+                    row.session_id,
+                    row.persona_id.clone(),
+                    row.activated_position,
+                ),
                 row,
             );
         }

@@ -27,8 +27,7 @@ use crate::projection::{Projection, ProjectionError};
 /// Tasks touched by a batch, whole.
 const LOAD_TASKS: &str = "SELECT to_jsonb(t) FROM tasks t WHERE t.task_id = ANY($1)";
 /// Reminders of the tasks touched by a batch (a new schedule supersedes all of them).
-const LOAD_REMINDERS: &str =
-    "SELECT to_jsonb(r) FROM task_reminders r WHERE r.task_id = ANY($1)";
+const LOAD_REMINDERS: &str = "SELECT to_jsonb(r) FROM task_reminders r WHERE r.task_id = ANY($1)";
 const UPSERT_TASKS: &str = "INSERT INTO tasks SELECT * FROM jsonb_populate_recordset(NULL::tasks, $1) \
      ON CONFLICT (task_id) DO UPDATE SET tenant_id = excluded.tenant_id, owner = excluded.owner, \
        title = excluded.title, description = excluded.description, due_date = excluded.due_date, \
@@ -244,11 +243,17 @@ impl Fold {
                 if let Some(title) = &u.title {
                     t.title = title.as_str().to_owned();
                 }
-                patch(&u.description, &mut t.description, |d| d.as_str().to_owned());
+                patch(&u.description, &mut t.description, |d| {
+                    d.as_str().to_owned()
+                });
                 patch(&u.due_date, &mut t.due_date, |d| ts(*d));
                 patch(&u.priority, &mut t.priority, |p| p.as_str().to_owned());
                 if let Some(tags) = &u.tags {
-                    t.tags = tags.as_slice().iter().map(|x| x.as_str().to_owned()).collect();
+                    t.tags = tags
+                        .as_slice()
+                        .iter()
+                        .map(|x| x.as_str().to_owned())
+                        .collect();
                 }
                 patch(&u.reminder_config, &mut t.reminder_config, to_value);
                 patch(&u.recurrence, &mut t.recurrence, to_value);
@@ -264,9 +269,13 @@ impl Fold {
                 c.completed_at,
                 (-1, 1, 0),
             ),
-            TaskEvent::Deleted(d) => {
-                self.status_change(event, d.task_id.as_uuid(), "deleted", d.deleted_at, (-1, 0, 1))
-            }
+            TaskEvent::Deleted(d) => self.status_change(
+                event,
+                d.task_id.as_uuid(),
+                "deleted",
+                d.deleted_at,
+                (-1, 0, 1),
+            ),
             TaskEvent::Restored(r) => {
                 let delta = match r.previous_status {
                     TaskStatus::Completed => (1, -1, 0),
