@@ -31,6 +31,45 @@ const UPSERT_PROGRESS: &str = "INSERT INTO projection_progress (projection, posi
      VALUES ($1, $2, now()) ON CONFLICT (projection) DO UPDATE \
      SET position = GREATEST(projection_progress.position, excluded.position), updated_at = now()";
 
+/// Kafka mode (no store checkpoint moves with a batch): records, as the projection's store
+/// checkpoint, the highest position `P` such that every event of its types at or below `P`
+/// is applied (or dead-lettered), capped at the store's gap-safe high-water mark. That is what
+/// a store runner's checkpoint means, so readers of `subscription_checkpoints` (the query
+/// API's `min_position`) work in both modes. Never moves backwards. `$1` checkpoint name,
+/// `$2` projection, `$3` stream types (NULL = all).
+const ADVANCE_CONTIGUOUS: &str = "WITH cp AS ( \
+       SELECT coalesce((SELECT position FROM subscription_checkpoints WHERE name = $1), 0) AS p), \
+     hw AS ( \
+       SELECT coalesce((SELECT global_position FROM events \
+                         WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
+                         ORDER BY global_position DESC LIMIT 1), 0) AS p), \
+     nx AS ( \
+       SELECT min(e.global_position) AS p FROM events e \
+         LEFT JOIN projection_streams ps ON ps.projection = $2 AND ps.stream_id = e.stream_id \
+        WHERE e.global_position > (SELECT p FROM cp) \
+          AND ($3::text[] IS NULL OR e.stream_type = ANY($3)) \
+          AND e.stream_version > coalesce(ps.version, 0) \
+          AND NOT EXISTS (SELECT 1 FROM projection_dead_letters d \
+                           WHERE d.projection = $2 AND d.event_id = e.event_id \
+                             AND d.kind <> 'rejected')) \
+     INSERT INTO subscription_checkpoints AS s (name, position, updated_at) \
+     SELECT $1, GREATEST(cp.p, LEAST(hw.p, coalesce(nx.p - 1, hw.p))), now() FROM cp, hw, nx \
+     ON CONFLICT (name) DO UPDATE SET position = GREATEST(s.position, excluded.position), \
+       updated_at = now() \
+     WHERE excluded.position > s.position";
+
+/// Applied version, previous hash and parking of the streams of a batch. A stream is parked
+/// behind an open `failed` or `parked` dead letter; a `rejected` message does not park it.
+/// Rows from before the hashes were kept take the applied event's hash from the store.
+const LOAD_STREAMS: &str = "SELECT s.stream_id, s.version, s.last_position, \
+       COALESCE(s.last_hash, (SELECT e.hash FROM events e \
+                               WHERE e.stream_id = s.stream_id \
+                                 AND e.stream_version = s.version)) AS last_hash, \
+       EXISTS (SELECT 1 FROM projection_dead_letters d \
+                WHERE d.projection = s.projection AND d.stream_id = s.stream_id \
+                  AND d.status = 'open' AND d.kind <> 'rejected') AS parked \
+     FROM projection_streams s WHERE s.projection = $1 AND s.stream_id = ANY($2)";
+
 /// Tuning of a [`Runner`]; the defaults are the worker's defaults.
 #[derive(Debug, Clone)]
 pub struct RunnerOptions {
@@ -74,6 +113,9 @@ pub struct BatchStats {
     pub dead_lettered: u64,
     /// Events parked behind a dead-lettered event of their stream.
     pub parked: u64,
+    /// Messages whose hash did not verify against their stream's chain (dead-lettered as
+    /// `rejected`; the store's copy of the event was applied instead).
+    pub rejected: u64,
 }
 
 /// Where a batch is written: the live tables, or the rebuild's shadow schema.
@@ -114,11 +156,16 @@ struct Pass<'a> {
     pending: Vec<RecordedEvent>,
     /// Failed attempts per event, kept across the careful passes of one batch.
     failures: &'a mut HashMap<uuid::Uuid, (u32, String)>,
+    /// Check every event's hash against its stream's chain: the events did not come straight
+    /// from the store (Kafka).
+    verify: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct StreamState {
     version: u64,
+    /// Hash of the event at `version` (`None` only for a stream never applied).
+    last_hash: Option<[u8; 32]>,
     last_position: i64,
     parked: bool,
     dirty: bool,
@@ -308,6 +355,7 @@ impl Runner {
             careful,
             pending: Vec::new(),
             failures,
+            verify: checkpoint.is_none() && target == Target::Live,
         };
         for event in events {
             self.apply_one(&mut *tx, event, &mut pass).await?;
@@ -326,11 +374,44 @@ impl Runner {
                 .execute(&mut *tx)
                 .await?;
         }
-        if let Some(cp) = checkpoint {
-            event_store::save_checkpoint(&mut *tx, &self.projection.checkpoint_name(), cp.to)
-                .await?;
+        match (checkpoint, target) {
+            (Some(cp), _) => {
+                event_store::save_checkpoint(&mut *tx, &self.projection.checkpoint_name(), cp.to)
+                    .await?;
+            }
+            (None, Target::Live) => self.advance_contiguous(&mut *tx).await?,
+            (None, Target::Shadow) => {}
         }
         Ok(pass.stats)
+    }
+
+    /// Moves the store checkpoint over every event of the projection's types that is applied
+    /// (see [`ADVANCE_CONTIGUOUS`]): sources without a store checkpoint (Kafka) then still
+    /// tell readers which store position the model reflects.
+    async fn advance_contiguous(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        let types: Option<Vec<&str>> = self.projection.stream_types().map(<[&str]>::to_vec);
+        sqlx::query(ADVANCE_CONTIGUOUS)
+            .bind(self.projection.checkpoint_name())
+            .bind(self.projection.name())
+            .bind(types)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Records the store position this projection reflects, outside any batch: when the source
+    /// is idle, events of other types and newly final positions still move it. Kafka mode.
+    pub async fn record_position(&self) -> Result<(), ProjectionError> {
+        let mut tx = self.pool.begin().await?;
+        // Exclusive against a rebuild's swap, like a batch.
+        sqlx::query("SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))")
+            .bind(self.projection.checkpoint_name())
+            .execute(&mut *tx)
+            .await?;
+        self.advance_contiguous(&mut tx).await?;
+        tx.commit().await?;
+        self.progress.wake(&self.pool);
+        Ok(())
     }
 
     /// Locks every stream of the batch (sorted: no deadlocks between workers during a
@@ -360,23 +441,19 @@ impl Runner {
         .bind(&ids)
         .execute(&mut *conn)
         .await?;
-        let rows = sqlx::query(
-            "SELECT s.stream_id, s.version, s.last_position, EXISTS ( \
-               SELECT 1 FROM projection_dead_letters d \
-                WHERE d.projection = s.projection AND d.stream_id = s.stream_id \
-                  AND d.status = 'open') AS parked \
-               FROM projection_streams s WHERE s.projection = $1 AND s.stream_id = ANY($2)",
-        )
-        .bind(name)
-        .bind(&ids)
-        .fetch_all(&mut *conn)
-        .await?;
+        let rows = sqlx::query(LOAD_STREAMS)
+            .bind(name)
+            .bind(&ids)
+            .fetch_all(&mut *conn)
+            .await?;
         for row in rows {
             let version: i64 = row.try_get("version")?;
+            let hash: Option<Vec<u8>> = row.try_get("last_hash")?;
             streams.insert(
                 row.try_get("stream_id")?,
                 StreamState {
                     version: u64::try_from(version).unwrap_or(0),
+                    last_hash: hash.and_then(|h| <[u8; 32]>::try_from(h).ok()),
                     last_position: row.try_get("last_position")?,
                     parked: row.try_get("parked")?,
                     dirty: false,
@@ -397,6 +474,7 @@ impl Runner {
             .entry(event.stream_id.clone())
             .or_insert(StreamState {
                 version: 0,
+                last_hash: None,
                 last_position: 0,
                 parked: false,
                 dirty: false,
@@ -469,6 +547,61 @@ impl Runner {
         Ok(())
     }
 
+    /// On a verifying pass, checks that `event` (the next of its stream) chains onto the
+    /// stream's previous hash: its hash must be `SHA-256(previous || envelope)`. A message that
+    /// does not verify is dead-lettered as `rejected` with the reason and the store's own copy,
+    /// verified the same way, is returned to be applied instead; if that does not verify
+    /// either, the batch fails (the store's chain itself is broken: nothing is applied).
+    async fn check_chain(
+        &self,
+        conn: &mut PgConnection,
+        event: &RecordedEvent,
+        pass: &mut Pass<'_>,
+    ) -> Result<Option<RecordedEvent>, AttemptError> {
+        if !pass.verify {
+            return Ok(None);
+        }
+        let prev = match pass.streams.get(&event.stream_id) {
+            Some(s) if s.version > 0 => s.last_hash,
+            _ => Some(event_store::hash::GENESIS),
+        };
+        let verifies = |e: &RecordedEvent| {
+            prev.is_some_and(|p| event_store::hash::event_hash(&p, e) == e.hash)
+        };
+        if verifies(event) {
+            return Ok(None);
+        }
+        let reason = if prev.is_none() {
+            "the stream's previous hash is unknown".to_owned()
+        } else {
+            format!(
+                "hash does not chain onto the stream's previous hash at version {} \
+                 (forged or altered message)",
+                event.stream_version
+            )
+        };
+        dead_letter(conn, self.projection.name(), event, "rejected", &reason, 0).await?;
+        metrics::counter!("annals_projection_rejected_messages_total",
+            "projection" => self.projection.name())
+        .increment(1);
+        pass.stats.rejected += 1;
+        let stream = StreamId::new(event.stream_id.clone())?;
+        let stored = self
+            .store
+            .read_stream(&stream, event.stream_version, Direction::Forward, 1)
+            .await?
+            .into_iter()
+            .find(|e| e.stream_version == event.stream_version);
+        match stored {
+            Some(stored) if verifies(&stored) => Ok(Some(stored)),
+            _ => Err(AttemptError::Other(ProjectionError::Inconsistent(format!(
+                "stream {} version {}: neither the message nor the store's event verifies \
+                 against the stream's hash chain",
+                event.stream_id, event.stream_version
+            )))),
+        }
+    }
+
     /// Takes an event that is the next of its stream: into the batch's set on the fast path;
     /// alone in a savepoint on the careful path, where a failure either ends the pass (attempts
     /// left: the caller rolls back, pauses and replays) or dead-letters the event.
@@ -478,9 +611,18 @@ impl Runner {
         event: &RecordedEvent,
         pass: &mut Pass<'_>,
     ) -> Result<(), AttemptError> {
+        let genuine;
+        let event = match self.check_chain(conn, event, pass).await? {
+            None => event,
+            Some(replacement) => {
+                genuine = replacement;
+                &genuine
+            }
+        };
         let advance = |streams: &mut HashMap<String, StreamState>| {
             if let Some(s) = streams.get_mut(&event.stream_id) {
                 s.version = event.stream_version;
+                s.last_hash = Some(event.hash);
                 s.last_position = event.global_position.0;
                 s.dirty = true;
             }
@@ -583,10 +725,13 @@ impl Runner {
             };
             let outcome = match outcome {
                 Ok(stats) if stats == BatchStats::default() && source.reconciles() => {
-                    self.reconcile().await.map(|filled| BatchStats {
-                        gap_filled: filled,
-                        ..stats
-                    })
+                    match self.reconcile().await {
+                        Ok(filled) => self.record_position().await.map(|()| BatchStats {
+                            gap_filled: filled,
+                            ..stats
+                        }),
+                        Err(e) => Err(e),
+                    }
                 }
                 other => other,
             };
@@ -630,7 +775,7 @@ impl Runner {
                 AND COALESCE(ps.version, 0) < s.version \
                 AND NOT EXISTS (SELECT 1 FROM projection_dead_letters d \
                                  WHERE d.projection = $1 AND d.stream_id = s.stream_id \
-                                   AND d.status = 'open') \
+                                   AND d.status = 'open' AND d.kind <> 'rejected') \
               ORDER BY s.stream_id LIMIT 100",
         )
         .bind(p.name())
@@ -687,16 +832,23 @@ async fn write_streams(
         .map(|(_, s)| i64::try_from(s.version).unwrap_or(i64::MAX))
         .collect();
     let positions: Vec<i64> = dirty.iter().map(|(_, s)| s.last_position).collect();
+    let hashes: Vec<Option<Vec<u8>>> = dirty
+        .iter()
+        .map(|(_, s)| s.last_hash.map(|h| h.to_vec()))
+        .collect();
     sqlx::query(
-        "INSERT INTO projection_streams (projection, stream_id, version, last_position) \
-         SELECT $1, s, v, p FROM unnest($2::text[], $3::bigint[], $4::bigint[]) AS u(s, v, p) \
+        "INSERT INTO projection_streams (projection, stream_id, version, last_position, last_hash) \
+         SELECT $1, s, v, p, h \
+           FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::bytea[]) AS u(s, v, p, h) \
          ON CONFLICT (projection, stream_id) DO UPDATE \
-         SET version = excluded.version, last_position = excluded.last_position",
+         SET version = excluded.version, last_position = excluded.last_position, \
+             last_hash = COALESCE(excluded.last_hash, projection_streams.last_hash)",
     )
     .bind(projection)
     .bind(&ids)
     .bind(&versions)
     .bind(&positions)
+    .bind(&hashes)
     .execute(conn)
     .await?;
     Ok(())
