@@ -387,59 +387,51 @@ impl Fold {
             .collect();
         write_rows(conn, UPSERT_PERSONAS, &personas).await?;
         if !self.activity.is_empty() {
-            let mut cols: (
-                Vec<&str>,
-                Vec<&str>,
-                Vec<i64>,
-                Vec<String>,
-                Vec<Option<DateTime<Utc>>>,
-                Vec<i64>,
-            ) = Default::default();
+            let n = self.activity.len();
+            let (mut tenants, mut users) = (Vec::with_capacity(n), Vec::with_capacity(n));
+            let (mut sessions, mut costs) = (Vec::with_capacity(n), Vec::with_capacity(n));
+            let (mut last_sessions, mut positions) = (Vec::with_capacity(n), Vec::with_capacity(n));
             for ((tenant, user), a) in &self.activity {
-                cols.0.push(tenant);
-                cols.1.push(user);
-                cols.2.push(a.sessions);
-                cols.3.push(num(a.cost));
-                cols.4.push(a.last_session_at);
-                cols.5.push(a.last_position);
+                tenants.push(tenant.as_str());
+                users.push(user.as_str());
+                sessions.push(a.sessions);
+                costs.push(num(a.cost));
+                last_sessions.push(a.last_session_at);
+                positions.push(a.last_position);
             }
             sqlx::query(BUMP_ACTIVITY)
-                .bind(cols.0)
-                .bind(cols.1)
-                .bind(cols.2)
-                .bind(cols.3)
-                .bind(cols.4)
-                .bind(cols.5)
+                .bind(tenants)
+                .bind(users)
+                .bind(sessions)
+                .bind(costs)
+                .bind(last_sessions)
+                .bind(positions)
                 .execute(&mut *conn)
                 .await?;
         }
         if !self.cost.is_empty() {
-            let mut cols: (
-                Vec<&str>,
-                Vec<&str>,
-                Vec<NaiveDate>,
-                Vec<String>,
-                Vec<i64>,
-                Vec<i64>,
-                Vec<i64>,
-            ) = Default::default();
+            let n = self.cost.len();
+            let (mut tenants, mut users) = (Vec::with_capacity(n), Vec::with_capacity(n));
+            let (mut days, mut costs) = (Vec::with_capacity(n), Vec::with_capacity(n));
+            let (mut events, mut tokens) = (Vec::with_capacity(n), Vec::with_capacity(n));
+            let mut positions = Vec::with_capacity(n);
             for ((tenant, user, day), d) in &self.cost {
-                cols.0.push(tenant);
-                cols.1.push(user);
-                cols.2.push(*day);
-                cols.3.push(num(d.cost));
-                cols.4.push(d.events);
-                cols.5.push(d.tokens);
-                cols.6.push(d.last_position);
+                tenants.push(tenant.as_str());
+                users.push(user.as_str());
+                days.push(*day);
+                costs.push(num(d.cost));
+                events.push(d.events);
+                tokens.push(d.tokens);
+                positions.push(d.last_position);
             }
             sqlx::query(BUMP_COST_DAILY)
-                .bind(cols.0)
-                .bind(cols.1)
-                .bind(cols.2)
-                .bind(cols.3)
-                .bind(cols.4)
-                .bind(cols.5)
-                .bind(cols.6)
+                .bind(tenants)
+                .bind(users)
+                .bind(days)
+                .bind(costs)
+                .bind(events)
+                .bind(tokens)
+                .bind(positions)
                 .execute(&mut *conn)
                 .await?;
         }
@@ -487,7 +479,7 @@ impl Projection for AgentSessionsProjection {
     ) -> Result<(), ProjectionError> {
         let decoded: Vec<AgentSessionEvent> =
             events.iter().map(decode).collect::<Result<_, _>>()?;
-        let mut ids: Vec<Uuid> = decoded.iter().map(|e| session_of(e)).collect();
+        let mut ids: Vec<Uuid> = decoded.iter().map(session_of).collect();
         ids.sort_unstable();
         ids.dedup();
         let mut fold = Fold::default();

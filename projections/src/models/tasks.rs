@@ -377,23 +377,25 @@ impl Fold {
         reminders.sort_by_key(|r| r.reminder_id);
         write_rows(conn, UPSERT_REMINDERS, &reminders).await?;
         if !self.summary.is_empty() {
-            let mut cols: (Vec<&str>, Vec<&str>, Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>) =
-                Default::default();
+            let n = self.summary.len();
+            let (mut tenants, mut owners) = (Vec::with_capacity(n), Vec::with_capacity(n));
+            let (mut active, mut completed) = (Vec::with_capacity(n), Vec::with_capacity(n));
+            let (mut deleted, mut positions) = (Vec::with_capacity(n), Vec::with_capacity(n));
             for ((tenant, owner), d) in &self.summary {
-                cols.0.push(tenant);
-                cols.1.push(owner);
-                cols.2.push(d.active);
-                cols.3.push(d.completed);
-                cols.4.push(d.deleted);
-                cols.5.push(d.last_position);
+                tenants.push(tenant.as_str());
+                owners.push(owner.as_str());
+                active.push(d.active);
+                completed.push(d.completed);
+                deleted.push(d.deleted);
+                positions.push(d.last_position);
             }
             sqlx::query(BUMP_SUMMARY)
-                .bind(cols.0)
-                .bind(cols.1)
-                .bind(cols.2)
-                .bind(cols.3)
-                .bind(cols.4)
-                .bind(cols.5)
+                .bind(tenants)
+                .bind(owners)
+                .bind(active)
+                .bind(completed)
+                .bind(deleted)
+                .bind(positions)
                 .execute(conn)
                 .await?;
         }
