@@ -58,26 +58,9 @@ pub(crate) fn num(d: Decimal) -> String {
     d.to_string()
 }
 
-/// Seconds between two instants, exact to the microsecond, as NUMERIC text.
-pub(crate) fn seconds_between(from: DateTime<Utc>, to: DateTime<Utc>) -> String {
-    let micros = (to - from).num_microseconds().unwrap_or(0).max(0);
-    Decimal::new(micros, 6).normalize().to_string()
-}
-
 /// The stream version as BIGINT.
 pub(crate) fn version(event: &RecordedEvent) -> i64 {
     i64::try_from(event.stream_version).unwrap_or(i64::MAX)
-}
-
-/// Fails when an UPDATE that must hit a row hit none.
-pub(crate) fn expect_row(
-    result: sqlx::postgres::PgQueryResult,
-    what: &str,
-) -> Result<(), ProjectionError> {
-    if result.rows_affected() == 0 {
-        return Err(ProjectionError::Inconsistent(format!("{what} not found")));
-    }
-    Ok(())
 }
 
 /// An instant as the read models store it: Postgres keeps microseconds, and the binding of a
