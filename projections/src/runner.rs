@@ -1,7 +1,8 @@
 //! Applying batches of events to a projection, effectively once, and the run loop.
 //!
-//! One batch = one transaction: the projection's writes, the per-stream versions
-//! (`projection_streams`), dead letters, progress and (store mode) the checkpoint commit together.
+//! One batch = one transaction: the projection's set-based writes, the per-stream versions and
+//! hashes (`projection_streams`), dead letters, progress and the checkpoint commit together.
+//! Pauses between attempts happen between transactions, never inside one.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -209,7 +210,9 @@ impl Runner {
     }
 
     /// Applies `events` (any order across streams, duplicates allowed) to the live tables in
-    /// one transaction, moving the store checkpoint when given.
+    /// one transaction, moving the store checkpoint when given. Without one (Kafka mode) every
+    /// event's hash is checked against its stream's chain and the checkpoint is moved to the
+    /// highest position below which every event of the projection's types is applied.
     pub async fn process(
         &self,
         events: &[RecordedEvent],
