@@ -6,8 +6,9 @@
 --
 -- A moved-in table must be indistinguishable from the one it replaces, so before it is filled
 -- `annals_rebuild_dress` gives it what `CREATE TABLE .. (LIKE .. INCLUDING ALL)` does not copy:
--- the live indexes' names, row-level security and its policies, privileges and triggers (the
--- audit log's append-only triggers included). Views over a swapped table are re-pointed in the
+-- the live constraint names, row-level security and its policies, privileges and triggers (the
+-- audit log's append-only triggers included); once it is filled, `annals_rebuild_index`
+-- builds the live secondary indexes on it, with their names. Views over a swapped table are re-pointed in the
 -- swap (`CREATE OR REPLACE VIEW` with the same definition and options, so their grants and
 -- `security_invoker` stay).
 --
@@ -26,7 +27,18 @@ DECLARE
     def TEXT;
     live_on TEXT := ' ON public.' || quote_ident(tbl) || ' ';
 BEGIN
-    -- Index (and constraint) names: LIKE generates its own; the live ones may be referenced.
+    -- Secondary indexes are built once the shadow is filled (annals_rebuild_index): one sort
+    -- per index instead of maintaining each through every insert. Indexes backing a constraint
+    -- (primary key, unique) stay: the replay's upserts need them.
+    FOR r IN
+        SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+         WHERE i.indrelid = shadow
+           AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)
+    LOOP
+        EXECUTE format('DROP INDEX annals_rebuild.%I', r.relname);
+    END LOOP;
+
+    -- Constraint index (and constraint) names: LIKE generates its own; keep the live ones.
     FOR r IN
         SELECT li.relname AS live_name, si.relname AS shadow_name
           FROM pg_index l
@@ -85,6 +97,30 @@ BEGIN
         IF r.tgenabled = 'D' THEN
             EXECUTE format('ALTER TABLE annals_rebuild.%I DISABLE TRIGGER %I', tbl, r.tgname);
         END IF;
+    END LOOP;
+END
+$$;
+
+-- Builds on the filled shadow table `tbl` the live table's secondary indexes, with their names.
+CREATE FUNCTION annals_rebuild_index(tbl TEXT) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    live REGCLASS := format('public.%I', tbl)::regclass;
+    live_on TEXT := ' ON public.' || quote_ident(tbl) || ' ';
+    r RECORD;
+BEGIN
+    FOR r IN
+        SELECT c.relname, pg_get_indexdef(i.indexrelid) AS def
+          FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+         WHERE i.indrelid = live
+           AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)
+    LOOP
+        IF position(live_on IN r.def) = 0 THEN
+            RAISE EXCEPTION 'cannot copy index % of %: unexpected definition %', r.relname, tbl, r.def;
+        END IF;
+        EXECUTE replace(r.def, live_on, ' ON annals_rebuild.' || quote_ident(tbl) || ' ');
     END LOOP;
 END
 $$;

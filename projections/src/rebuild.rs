@@ -8,8 +8,10 @@
 //!    `search_path` to the shadow schema first. The live tables keep serving meanwhile. A
 //!    progress bar shows events/s and the ETA.
 //!    Before the replay, `annals_rebuild_dress` (migration `20261202000201`) gives each fresh
-//!    table what `LIKE` does not copy: the live index names, row-level security and its
-//!    policies, privileges and triggers (the audit log's append-only triggers included).
+//!    table what `LIKE` does not copy: the live constraint names, row-level security and its
+//!    policies, privileges and triggers (the audit log's append-only triggers included), and
+//!    drops its secondary indexes; after the replay, `annals_rebuild_index` builds the live
+//!    ones on it, with their names (one sort per index instead of upkeep per insert).
 //! 3. The swap takes the projection's advisory lock exclusively, which waits for in-flight live
 //!    batches and holds new ones. If the store has events the shadow has not seen yet, the lock
 //!    is released and the shadow catches up again. Otherwise, in one short transaction, the
@@ -43,6 +45,9 @@ const BOOKKEEPING: &[&str] = &["projection_streams", "projection_dead_letters"];
 
 /// Gives a fresh shadow table the live table's index names, policies, grants and triggers.
 const DRESS_SHADOW: &str = "SELECT annals_rebuild_dress($1)";
+
+/// Builds the live table's secondary indexes on a filled shadow table.
+const INDEX_SHADOW: &str = "SELECT annals_rebuild_index($1)";
 
 /// Moves the shadow tables in and the live ones out (see the module docs).
 const SWAP_TABLES: &str = "SELECT annals_rebuild_swap($1::text[])";
@@ -190,11 +195,18 @@ async fn rebuild_locked(
         position: Position::START,
         events: 0,
     };
-    loop {
+    replay.catch_up().await?;
+    // Secondary indexes once the bulk is in: one sort each instead of upkeep per insert.
+    let mut conn = store.pool().acquire().await?;
+    for table in projection.tables() {
+        sqlx::query(INDEX_SHADOW)
+            .bind(table)
+            .execute(&mut *conn)
+            .await?;
+    }
+    drop(conn);
+    while !swap(&mut replay, projection.as_ref()).await? {
         replay.catch_up().await?;
-        if swap(&mut replay, projection.as_ref()).await? {
-            break;
-        }
     }
     let (events, position) = (replay.events, replay.position);
     bar.finish();
