@@ -101,7 +101,8 @@ BEGIN
 END
 $$;
 
--- Builds on the filled shadow table `tbl` the live table's secondary indexes, with their names.
+-- Builds on the filled shadow table `tbl` the live table's secondary indexes, with their names,
+-- and gathers its statistics.
 CREATE FUNCTION annals_rebuild_index(tbl TEXT) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -122,6 +123,9 @@ BEGIN
         END IF;
         EXECUTE replace(r.def, live_on, ' ON annals_rebuild.' || quote_ident(tbl) || ' ');
     END LOOP;
+    -- A moved-in table brings no statistics: without them readers get the plans of an empty
+    -- table until the next (auto)analyze.
+    EXECUTE format('ANALYZE annals_rebuild.%I', tbl);
 END
 $$;
 

@@ -337,22 +337,6 @@ async fn swap(
         replay.catch_up().await?;
     }
     let position = replay.position;
-    let names: Vec<&str> = projection.tables().to_vec();
-    match sqlx::query(SWAP_TABLES)
-        .bind(&names)
-        .execute(&mut *tx)
-        .await
-    {
-        Ok(_) => {}
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(LOCK_NOT_AVAILABLE) => {
-            tracing::debug!(projection = name, "live tables in use; retrying the swap");
-            tx.rollback().await?;
-            // Outside any transaction: nothing is held while pausing.
-            tokio::time::sleep(SWAP_RETRY_PAUSE).await;
-            return Ok(false);
-        }
-        Err(e) => return Err(e.into()),
-    }
     for table in BOOKKEEPING {
         sqlx::query(&format!("DELETE FROM public.{table} WHERE projection = $1"))
             .bind(name)
@@ -374,6 +358,23 @@ async fn swap(
     .bind(position.0)
     .execute(&mut *tx)
     .await?;
+    // Last: from here until the commit, readers of the model wait.
+    let names: Vec<&str> = projection.tables().to_vec();
+    match sqlx::query(SWAP_TABLES)
+        .bind(&names)
+        .execute(&mut *tx)
+        .await
+    {
+        Ok(_) => {}
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(LOCK_NOT_AVAILABLE) => {
+            tracing::debug!(projection = name, "live tables in use; retrying the swap");
+            tx.rollback().await?;
+            // Outside any transaction: nothing is held while pausing.
+            tokio::time::sleep(SWAP_RETRY_PAUSE).await;
+            return Ok(false);
+        }
+        Err(e) => return Err(e.into()),
+    }
     tx.commit().await?;
     Ok(true)
 }

@@ -62,6 +62,9 @@ const ADVANCE_CONTIGUOUS: &str = "WITH cp AS ( \
 /// Applied version, previous hash and parking of the streams of a batch. A stream is parked
 /// behind an open `failed` or `parked` dead letter; a `rejected` message does not park it.
 /// Rows from before the hashes were kept take the applied event's hash from the store.
+/// Driven by the batch's ids (one primary-key probe each): `stream_id = ANY($2)` let a planner
+/// without statistics (a rebuild's fresh shadow table) scan every stream of the projection and
+/// compare it with every id of the batch, the slowest statement of a rebuild.
 const LOAD_STREAMS: &str = "SELECT s.stream_id, s.version, s.last_position, \
        COALESCE(s.last_hash, (SELECT e.hash FROM events e \
                                WHERE e.stream_id = s.stream_id \
@@ -69,7 +72,8 @@ const LOAD_STREAMS: &str = "SELECT s.stream_id, s.version, s.last_position, \
        EXISTS (SELECT 1 FROM projection_dead_letters d \
                 WHERE d.projection = s.projection AND d.stream_id = s.stream_id \
                   AND d.status = 'open' AND d.kind <> 'rejected') AS parked \
-     FROM projection_streams s WHERE s.projection = $1 AND s.stream_id = ANY($2)";
+     FROM unnest($2::text[]) AS ids(stream_id) \
+     JOIN projection_streams s ON s.projection = $1 AND s.stream_id = ids.stream_id";
 
 /// Tuning of a [`Runner`]; the defaults are the worker's defaults.
 #[derive(Debug, Clone)]
