@@ -336,6 +336,12 @@ impl Runner {
                 sqlx::query("SET LOCAL search_path TO annals_rebuild, public")
                     .execute(&mut *tx)
                     .await?;
+                // The shadow is worth nothing until it is swapped in (a crash restarts the
+                // rebuild), so its batches need not wait for their WAL flush; the swap commits
+                // synchronously, which flushes everything before it.
+                sqlx::query("SET LOCAL synchronous_commit = off")
+                    .execute(&mut *tx)
+                    .await?;
             }
             Target::Live => {
                 // Shared with other runners of this projection (Kafka workers of one group),
@@ -355,7 +361,7 @@ impl Runner {
             }
         }
 
-        let streams = self.lock_streams(&mut *tx, events).await?;
+        let streams = self.lock_streams(&mut *tx, events, target).await?;
         let mut pass = Pass {
             streams,
             stats: BatchStats::default(),
@@ -427,6 +433,7 @@ impl Runner {
         &self,
         conn: &mut PgConnection,
         events: &[&RecordedEvent],
+        target: Target,
     ) -> Result<HashMap<String, StreamState>, AttemptError> {
         let ids: Vec<String> = events
             .iter()
@@ -439,15 +446,18 @@ impl Runner {
             return Ok(streams);
         }
         let name = self.projection.name();
-        sqlx::query(
-            "SELECT pg_advisory_xact_lock(k) FROM ( \
-               SELECT hashtextextended($1 || '/' || s, 0) AS k FROM unnest($2::text[]) s \
-               ORDER BY 1) q",
-        )
-        .bind(name)
-        .bind(&ids)
-        .execute(&mut *conn)
-        .await?;
+        // A rebuild is the shadow's only writer (one rebuild at a time): no stream locks.
+        if target == Target::Live {
+            sqlx::query(
+                "SELECT pg_advisory_xact_lock(k) FROM ( \
+                   SELECT hashtextextended($1 || '/' || s, 0) AS k FROM unnest($2::text[]) s \
+                   ORDER BY 1) q",
+            )
+            .bind(name)
+            .bind(&ids)
+            .execute(&mut *conn)
+            .await?;
+        }
         let rows = sqlx::query(LOAD_STREAMS)
             .bind(name)
             .bind(&ids)
