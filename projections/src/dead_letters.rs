@@ -178,6 +178,7 @@ async fn replay_stream(
         return Ok(());
     };
     let mut last_position = 0_i64;
+    let mut last_hash: Option<Vec<u8>> = None;
     let mut failed = false;
     if version < last_open {
         let stream_id = StreamId::new(stream)?;
@@ -214,6 +215,7 @@ async fn replay_stream(
             }
             version = event.stream_version;
             last_position = event.global_position.0;
+            last_hash = Some(event.hash.to_vec());
         }
     }
     if failed {
@@ -233,14 +235,18 @@ async fn replay_stream(
     }
     if last_position > 0 {
         sqlx::query(
-            "INSERT INTO projection_streams (projection, stream_id, version, last_position) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (projection, stream_id) DO UPDATE \
-             SET version = excluded.version, last_position = excluded.last_position",
+            // The hash moves with the version: a stale one would make the runner reject the
+            // stream's next Kafka message.
+            "INSERT INTO projection_streams (projection, stream_id, version, last_position, \
+               last_hash) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (projection, stream_id) \
+             DO UPDATE SET version = excluded.version, last_position = excluded.last_position, \
+               last_hash = excluded.last_hash",
         )
         .bind(name)
         .bind(stream)
         .bind(i64::try_from(version).unwrap_or(i64::MAX))
         .bind(last_position)
+        .bind(last_hash)
         .execute(&mut *tx)
         .await?;
     }

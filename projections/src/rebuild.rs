@@ -7,14 +7,24 @@
 //! 2. The store is replayed into them with the very same handlers: the runner's transactions set
 //!    `search_path` to the shadow schema first. The live tables keep serving meanwhile. A
 //!    progress bar shows events/s and the ETA.
+//!    Before the replay, `annals_rebuild_dress` (migration `20261202000201`) gives each fresh
+//!    table what `LIKE` does not copy: the live constraint names, row-level security and its
+//!    policies, privileges and triggers (the audit log's append-only triggers included), and
+//!    drops its secondary indexes; after the replay, `annals_rebuild_index` builds the live
+//!    ones on it, with their names (one sort per index instead of upkeep per insert).
 //! 3. The swap takes the projection's advisory lock exclusively, which waits for in-flight live
 //!    batches and holds new ones. If the store has events the shadow has not seen yet, the lock
-//!    is released and the shadow catches up again. Otherwise, in that one transaction, the live
-//!    tables' rows are replaced by the shadow's (DELETE + INSERT, so readers see the old model
-//!    until commit; the append-only audit log is truncated under the transaction-local
-//!    `annals.audit_swap` setting), the per-stream versions and dead letters are replaced, and
-//!    the checkpoint is set to the shadow's position. A live store runner notices the moved
-//!    checkpoint (it is fenced) and resumes from it; a Kafka runner dedupes by stream version.
+//!    is released and the shadow catches up again. Otherwise, in one short transaction, the
+//!    shadow tables are moved into `public` and the live ones out to `annals_retired`
+//!    (`annals_rebuild_swap`, which also re-points the views over them): a catalog change,
+//!    whatever the size of the model, so readers wait only for that short lock. The swap takes
+//!    its locks without waiting (`NOWAIT`, all at once: waiting for one while holding another
+//!    could deadlock with a reader of a view) and is retried after a short pause when a table
+//!    is in use at that instant. The per-stream
+//!    versions and dead letters are replaced and the checkpoint set to the shadow's position
+//!    in the same transaction; the retired tables are dropped after the commit. A live store
+//!    runner notices the moved checkpoint (it is fenced) and resumes from it; a Kafka runner
+//!    dedupes by stream version.
 //!
 //! One rebuild runs at a time (a session advisory lock), because the bookkeeping tables of the
 //! shadow schema are shared.
@@ -24,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use event_store::{AllBatch, EventStore, Position};
 use indicatif::{ProgressBar, ProgressStyle};
-use sqlx::{Connection, PgConnection};
+use sqlx::Connection;
 use tracing::Instrument;
 
 use crate::projection::{Projection, ProjectionError};
@@ -32,6 +42,21 @@ use crate::runner::{Runner, RunnerOptions, Target};
 
 /// Runner tables copied along with a projection's own tables (rows filtered by projection).
 const BOOKKEEPING: &[&str] = &["projection_streams", "projection_dead_letters"];
+
+/// Gives a fresh shadow table the live table's index names, policies, grants and triggers.
+const DRESS_SHADOW: &str = "SELECT annals_rebuild_dress($1)";
+
+/// Builds the live table's secondary indexes on a filled shadow table.
+const INDEX_SHADOW: &str = "SELECT annals_rebuild_index($1)";
+
+/// Moves the shadow tables in and the live ones out (see the module docs).
+const SWAP_TABLES: &str = "SELECT annals_rebuild_swap($1::text[])";
+
+/// SQLSTATE `lock_not_available`: the swap's `NOWAIT` locks were not free at that instant.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
+
+/// Pause before the next try of a swap whose locks were not free (readers finish meanwhile).
+const SWAP_RETRY_PAUSE: Duration = Duration::from_millis(10);
 
 /// Session advisory lock key serialising rebuilds (`hashtext('annals:rebuild')` is not stable
 /// across versions, so a constant).
@@ -129,6 +154,12 @@ async fn rebuild_locked(
         .execute(&mut *conn)
         .await?;
     }
+    for table in projection.tables() {
+        sqlx::query(DRESS_SHADOW)
+            .bind(table)
+            .execute(&mut *conn)
+            .await?;
+    }
     drop(conn);
 
     let types: Option<Vec<String>> = projection
@@ -155,19 +186,40 @@ async fn rebuild_locked(
     };
 
     let runner = Runner::new(store.clone(), projection.clone(), options.runner.clone());
-    let mut position = Position::START;
-    let mut events = 0_u64;
-    loop {
-        let n = catch_up(store, &runner, &types, &mut position, options, &bar).await?;
-        events += n;
-        if swap(store, projection.as_ref(), &types, position, &tables).await? {
-            break;
-        }
+    let mut replay = Replay {
+        store,
+        runner: &runner,
+        types: &types,
+        options,
+        bar: &bar,
+        position: Position::START,
+        events: 0,
+    };
+    replay.catch_up().await?;
+    // Secondary indexes once the bulk is in: one sort each instead of upkeep per insert.
+    let mut conn = store.pool().acquire().await?;
+    for table in projection.tables() {
+        sqlx::query(INDEX_SHADOW)
+            .bind(table)
+            .execute(&mut *conn)
+            .await?;
     }
+    drop(conn);
+    while !swap(&mut replay, projection.as_ref()).await? {
+        replay.catch_up().await?;
+    }
+    let (events, position) = (replay.events, replay.position);
     bar.finish();
     let mut conn = store.pool().acquire().await?;
     for table in &tables {
         sqlx::query(&format!("DROP TABLE IF EXISTS annals_rebuild.{table}"))
+            .execute(&mut *conn)
+            .await?;
+    }
+    // The retired live tables: dropped outside the swap, so that the swap stays a catalog
+    // change (a reader still on them is waited for here, not inside the swap).
+    for table in projection.tables() {
+        sqlx::query(&format!("DROP TABLE IF EXISTS annals_retired.{table}"))
             .execute(&mut *conn)
             .await?;
     }
@@ -205,69 +257,86 @@ async fn read(
     })
 }
 
-/// Replays everything after `position` into the shadow tables.
-async fn catch_up(
-    store: &EventStore,
-    runner: &Runner,
-    types: &Option<Vec<String>>,
-    position: &mut Position,
-    options: &RebuildOptions,
-    bar: &ProgressBar,
-) -> Result<u64, ProjectionError> {
-    let mut count = 0;
-    loop {
-        let batch = read(store, types, *position, options.batch_size).await?;
-        if batch.events.is_empty() {
-            if batch.held_back {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                continue;
-            }
-            return Ok(count);
-        }
-        runner
-            .process_to(&batch.events, None, Target::Shadow)
+/// The replay of the store into the shadow tables, and how far it got.
+struct Replay<'a> {
+    store: &'a EventStore,
+    runner: &'a Runner,
+    types: &'a Option<Vec<String>>,
+    options: &'a RebuildOptions,
+    bar: &'a ProgressBar,
+    /// The last position applied to the shadow tables.
+    position: Position,
+    /// Events applied so far.
+    events: u64,
+}
+
+impl Replay<'_> {
+    /// Replays everything after `position` into the shadow tables.
+    async fn catch_up(&mut self) -> Result<(), ProjectionError> {
+        loop {
+            let batch = read(
+                self.store,
+                self.types,
+                self.position,
+                self.options.batch_size,
+            )
             .await?;
-        *position = batch.next_after(*position);
-        let n = batch.events.len() as u64;
-        count += n;
-        bar.inc(n);
-        // The projection's events may outnumber the count taken at the start.
-        if bar.position() > bar.length().unwrap_or(0) {
-            bar.set_length(bar.position());
+            if batch.events.is_empty() {
+                if batch.held_back {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+                return Ok(());
+            }
+            self.runner
+                .process_to(&batch.events, None, Target::Shadow)
+                .await?;
+            self.position = batch.next_after(self.position);
+            let n = batch.events.len() as u64;
+            self.events += n;
+            self.bar.inc(n);
+            // The projection's events may outnumber the count taken at the start.
+            if self.bar.position() > self.bar.length().unwrap_or(0) {
+                self.bar.set_length(self.bar.position());
+            }
         }
     }
 }
 
-/// Swaps the shadow tables in if the shadow is at the store's head; `false` = catch up first.
+/// Swaps the shadow tables in; `false` = the live tables were in use, try again.
+///
+/// Holding the projection's lock, which stops live batches (not the store's writers), the
+/// shadow first catches up with whatever was appended meanwhile, until nothing is pending:
+/// with commands running at full speed, giving up whenever something is pending would retry
+/// forever.
 async fn swap(
-    store: &EventStore,
+    replay: &mut Replay<'_>,
     projection: &dyn Projection,
-    types: &Option<Vec<String>>,
-    position: Position,
-    tables: &[&'static str],
 ) -> Result<bool, ProjectionError> {
     let name = projection.name();
+    let store = replay.store;
     let mut tx = store.pool().begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
         .bind(projection.checkpoint_name())
         .execute(&mut *tx)
         .await?;
-    // On this connection: waiting live runners hold pool connections while we hold the lock.
-    let pending: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM events WHERE global_position > $1 \
-                          AND ($2::text[] IS NULL OR stream_type = ANY($2)))",
-    )
-    .bind(position.0)
-    .bind(types)
-    .fetch_one(&mut *tx)
-    .await?;
-    if pending {
-        tx.rollback().await?;
-        return Ok(false);
+    loop {
+        // On this connection: waiting live runners hold pool connections while we hold the
+        // lock. The transaction has no xid yet (a lock and reads only).
+        let pending: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM events WHERE global_position > $1 \
+                              AND ($2::text[] IS NULL OR stream_type = ANY($2)))",
+        )
+        .bind(replay.position.0)
+        .bind(replay.types)
+        .fetch_one(&mut *tx)
+        .await?;
+        if !pending {
+            break;
+        }
+        replay.catch_up().await?;
     }
-    for table in projection.tables() {
-        copy_table(&mut tx, table).await?;
-    }
+    let position = replay.position;
     for table in BOOKKEEPING {
         sqlx::query(&format!("DELETE FROM public.{table} WHERE projection = $1"))
             .bind(name)
@@ -289,31 +358,23 @@ async fn swap(
     .bind(position.0)
     .execute(&mut *tx)
     .await?;
-    tx.commit().await?;
-    debug_assert!(tables.len() >= projection.tables().len());
-    Ok(true)
-}
-
-async fn copy_table(conn: &mut PgConnection, table: &str) -> Result<(), ProjectionError> {
-    if table == "audit_log" {
-        sqlx::query("SET LOCAL annals.audit_swap = 'on'")
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query("TRUNCATE public.audit_log")
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query("SET LOCAL annals.audit_swap = 'off'")
-            .execute(&mut *conn)
-            .await?;
-    } else {
-        sqlx::query(&format!("DELETE FROM public.{table}"))
-            .execute(&mut *conn)
-            .await?;
+    // Last: from here until the commit, readers of the model wait.
+    let names: Vec<&str> = projection.tables().to_vec();
+    match sqlx::query(SWAP_TABLES)
+        .bind(&names)
+        .execute(&mut *tx)
+        .await
+    {
+        Ok(_) => {}
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(LOCK_NOT_AVAILABLE) => {
+            tracing::debug!(projection = name, "live tables in use; retrying the swap");
+            tx.rollback().await?;
+            // Outside any transaction: nothing is held while pausing.
+            tokio::time::sleep(SWAP_RETRY_PAUSE).await;
+            return Ok(false);
+        }
+        Err(e) => return Err(e.into()),
     }
-    sqlx::query(&format!(
-        "INSERT INTO public.{table} SELECT * FROM annals_rebuild.{table}"
-    ))
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+    tx.commit().await?;
+    Ok(true)
 }

@@ -4,14 +4,103 @@
 //! arrays kept whole; a partial-update `{"set": v}` becomes `v`, `"clear"` becomes null) and
 //! compared with the resource's previous fields (`audit_resource_state`); every field whose
 //! value differs is recorded as `{"before": .., "after": ..}`. Before values of a resource's
-//! first event are null. Diff, state update and insert are one statement per event.
+//! first event are null.
+//!
+//! Set-based: a batch loads the previous fields of its resources in one statement, diffs its
+//! events in memory in stream order, then inserts every audit row with one statement and
+//! writes every resource's new fields with another.
+
+use std::collections::HashMap;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use event_store::RecordedEvent;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sqlx::PgConnection;
+use uuid::Uuid;
 
+use super::{load_rows, ts, write_rows};
 use crate::projection::{Projection, ProjectionError};
+
+const LOAD_STATE: &str =
+    "SELECT to_jsonb(s) FROM audit_resource_state s WHERE s.resource_id = ANY($1)";
+/// Append-only: a second row for a position or event id fails the batch. Column arrays rather
+/// than a JSON recordset: the audit log is the widest write of a rebuild (one row per event),
+/// and typed arrays skip a JSON parse per column.
+const INSERT_LOG: &str = "INSERT INTO audit_log (global_position, event_id, tenant_id, action, \
+       actor, actor_type, resource_type, resource_id, resource_version, changes, command_id, \
+       correlation_id, causation_id, client_ip, user_agent, occurred_at, event_hash, \
+       last_position) \
+     SELECT g, e, t, a, ac, at, rt, ri, rv, ch::jsonb, cm, co, ca, ip, ua, oc, h, g \
+       FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], \
+         $7::text[], $8::text[], $9::bigint[], $10::text[], $11::uuid[], $12::uuid[], \
+         $13::uuid[], $14::text[], $15::text[], $16::timestamptz[], $17::text[]) \
+         AS u(g, e, t, a, ac, at, rt, ri, rv, ch, cm, co, ca, ip, ua, oc, h)";
+const UPSERT_STATE: &str = "INSERT INTO audit_resource_state \
+       SELECT * FROM jsonb_populate_recordset(NULL::audit_resource_state, $1) \
+     ON CONFLICT (resource_id) DO UPDATE \
+     SET fields = excluded.fields, last_position = excluded.last_position";
+
+/// An `audit_resource_state` row.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StateRow {
+    resource_id: String,
+    tenant_id: String,
+    fields: Map<String, Value>,
+    last_position: i64,
+}
+
+/// The batch's `audit_log` rows, column by column.
+#[derive(Debug, Default)]
+struct LogColumns<'a> {
+    global_position: Vec<i64>,
+    event_id: Vec<Uuid>,
+    tenant_id: Vec<&'a str>,
+    action: Vec<&'a str>,
+    actor: Vec<String>,
+    actor_type: Vec<String>,
+    resource_type: Vec<&'a str>,
+    resource_id: Vec<&'a str>,
+    resource_version: Vec<i64>,
+    changes: Vec<String>,
+    command_id: Vec<Option<Uuid>>,
+    correlation_id: Vec<Option<Uuid>>,
+    causation_id: Vec<Option<Uuid>>,
+    client_ip: Vec<Option<String>>,
+    user_agent: Vec<Option<String>>,
+    occurred_at: Vec<DateTime<Utc>>,
+    event_hash: Vec<String>,
+}
+
+impl LogColumns<'_> {
+    async fn insert(self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
+        if self.global_position.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(INSERT_LOG)
+            .bind(self.global_position)
+            .bind(self.event_id)
+            .bind(self.tenant_id)
+            .bind(self.action)
+            .bind(self.actor)
+            .bind(self.actor_type)
+            .bind(self.resource_type)
+            .bind(self.resource_id)
+            .bind(self.resource_version)
+            .bind(self.changes)
+            .bind(self.command_id)
+            .bind(self.correlation_id)
+            .bind(self.causation_id)
+            .bind(self.client_ip)
+            .bind(self.user_agent)
+            .bind(self.occurred_at)
+            .bind(self.event_hash)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}
 
 /// The audit-log projection.
 #[derive(Debug, Clone, Copy, Default)]
@@ -38,55 +127,103 @@ impl Projection for AuditProjection {
         conn: &mut PgConnection,
         event: &RecordedEvent,
     ) -> Result<(), ProjectionError> {
-        let meta = event
-            .metadata()
-            .map_err(|e| ProjectionError::decode(event, e))?;
-        let payload = event
-            .payload_json()
-            .map_err(|e| ProjectionError::decode(event, e))?;
-        let fields = flatten_payload(&event.event_type, &payload);
-        sqlx::query(
-            "WITH prev AS ( \
-               SELECT COALESCE((SELECT fields FROM audit_resource_state WHERE resource_id = $1), \
-                               '{}'::jsonb) AS f), \
-             changes AS ( \
-               SELECT COALESCE(jsonb_object_agg(n.key, \
-                        jsonb_build_object('before', prev.f -> n.key, 'after', n.value)), \
-                        '{}'::jsonb) AS c \
-                 FROM prev, jsonb_each($2::jsonb) n \
-                WHERE (prev.f -> n.key) IS DISTINCT FROM n.value), \
-             state AS ( \
-               INSERT INTO audit_resource_state (resource_id, tenant_id, fields, last_position) \
-               SELECT $1, $3, prev.f || $2::jsonb, $4 FROM prev \
-               ON CONFLICT (resource_id) DO UPDATE \
-               SET fields = excluded.fields, last_position = excluded.last_position) \
-             INSERT INTO audit_log (global_position, event_id, tenant_id, action, actor, \
-               actor_type, resource_type, resource_id, resource_version, changes, command_id, \
-               correlation_id, causation_id, client_ip, user_agent, occurred_at, event_hash, \
-               last_position) \
-             SELECT $4, $5, $3, $6, $7, $8, $9, $1, $10, changes.c, $11, $12, $13, $14, $15, \
-               $16, $17, $4 FROM changes",
-        )
-        .bind(&event.stream_id)
-        .bind(sqlx::types::Json(Value::Object(fields)))
-        .bind(&event.tenant_id)
-        .bind(event.global_position.0)
-        .bind(event.event_id)
-        .bind(&event.event_type)
-        .bind(&meta.actor)
-        .bind(&meta.actor_type)
-        .bind(&event.stream_type)
-        .bind(super::version(event))
-        .bind(meta.command_id)
-        .bind(meta.correlation_id)
-        .bind(meta.causation_id)
-        .bind(meta.client_ip.as_deref())
-        .bind(meta.user_agent.as_deref())
-        .bind(event.recorded_at)
-        .bind(hex::encode(event.hash))
-        .execute(conn)
-        .await?;
-        Ok(())
+        self.apply_batch(conn, std::slice::from_ref(event)).await
+    }
+
+    async fn apply_batch(
+        &self,
+        conn: &mut PgConnection,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        let mut ids: Vec<String> = events.iter().map(|e| e.stream_id.clone()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut states: HashMap<String, StateRow> = load_rows::<_, StateRow>(conn, LOAD_STATE, ids)
+            .await?
+            .into_iter()
+            .map(|s| (s.resource_id.clone(), s))
+            .collect();
+        let mut log = LogColumns::default();
+        for event in events {
+            let meta = event
+                .metadata()
+                .map_err(|e| ProjectionError::decode(event, e))?;
+            let payload = event
+                .payload_json()
+                .map_err(|e| ProjectionError::decode(event, e))?;
+            let fields = flatten_payload(&event.event_type, &payload);
+            let pos = event.global_position.0;
+            let state = states
+                .entry(event.stream_id.clone())
+                .or_insert_with(|| StateRow {
+                    resource_id: event.stream_id.clone(),
+                    tenant_id: event.tenant_id.clone(),
+                    fields: Map::new(),
+                    last_position: pos,
+                });
+            let changes = diff(&state.fields, &fields);
+            state.fields.extend(fields);
+            state.last_position = pos;
+            log.global_position.push(pos);
+            log.event_id.push(event.event_id);
+            log.tenant_id.push(&event.tenant_id);
+            log.action.push(&event.event_type);
+            log.actor.push(meta.actor);
+            log.actor_type.push(meta.actor_type);
+            log.resource_type.push(&event.stream_type);
+            log.resource_id.push(&event.stream_id);
+            log.resource_version.push(super::version(event));
+            log.changes.push(Value::Object(changes).to_string());
+            log.command_id.push(meta.command_id);
+            log.correlation_id.push(meta.correlation_id);
+            log.causation_id.push(meta.causation_id);
+            log.client_ip.push(meta.client_ip);
+            log.user_agent.push(meta.user_agent);
+            log.occurred_at.push(ts(event.recorded_at));
+            log.event_hash.push(hex::encode(event.hash));
+        }
+        log.insert(conn).await?;
+        let mut touched: Vec<&StateRow> = events
+            .iter()
+            .filter_map(|e| states.get(&e.stream_id))
+            .collect();
+        touched.sort_by(|a, b| a.resource_id.cmp(&b.resource_id));
+        touched.dedup_by(|a, b| a.resource_id == b.resource_id);
+        write_rows(conn, UPSERT_STATE, &touched).await
+    }
+}
+
+/// `{field: {"before": .., "after": ..}}` for every field of `after` whose value differs from
+/// `before` (a missing field differs from everything, JSON null included, like SQL's
+/// `IS DISTINCT FROM` over `jsonb` with a missing key).
+fn diff(before: &Map<String, Value>, after: &Map<String, Value>) -> Map<String, Value> {
+    let mut changes = Map::new();
+    for (key, value) in after {
+        let old = before.get(key);
+        if old.is_some_and(|old| same(old, value)) {
+            continue;
+        }
+        let mut change = Map::new();
+        change.insert("before".into(), old.cloned().unwrap_or(Value::Null));
+        change.insert("after".into(), value.clone());
+        changes.insert(key.clone(), Value::Object(change));
+    }
+    changes
+}
+
+/// `jsonb` equality: numbers compare by value (`1` equals `1.0`), everything else structurally.
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            x == y || x.as_f64().is_some_and(|x| y.as_f64() == Some(x))
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        }
+        _ => a == b,
     }
 }
 

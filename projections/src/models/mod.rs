@@ -58,24 +58,54 @@ pub(crate) fn num(d: Decimal) -> String {
     d.to_string()
 }
 
-/// Seconds between two instants, exact to the microsecond, as NUMERIC text.
-pub(crate) fn seconds_between(from: DateTime<Utc>, to: DateTime<Utc>) -> String {
-    let micros = (to - from).num_microseconds().unwrap_or(0).max(0);
-    Decimal::new(micros, 6).normalize().to_string()
-}
-
 /// The stream version as BIGINT.
 pub(crate) fn version(event: &RecordedEvent) -> i64 {
     i64::try_from(event.stream_version).unwrap_or(i64::MAX)
 }
 
-/// Fails when an UPDATE that must hit a row hit none.
-pub(crate) fn expect_row(
-    result: sqlx::postgres::PgQueryResult,
-    what: &str,
-) -> Result<(), ProjectionError> {
-    if result.rows_affected() == 0 {
-        return Err(ProjectionError::Inconsistent(format!("{what} not found")));
+/// An instant as the read models store it: Postgres keeps microseconds, and the binding of a
+/// `DateTime` truncates (not rounds) the nanoseconds, so the set-based writes do the same.
+pub(crate) fn ts(at: DateTime<Utc>) -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    at.trunc_subsecs(6)
+}
+
+/// Rows of a table whose key is in `keys`, each read whole as JSON (`to_jsonb(row)`) into its
+/// row type: one statement for a batch. `sql` is a named constant taking the keys as `$1`.
+pub(crate) async fn load_rows<K, R>(
+    conn: &mut sqlx::PgConnection,
+    sql: &'static str,
+    keys: Vec<K>,
+) -> Result<Vec<R>, ProjectionError>
+where
+    K: for<'q> sqlx::Encode<'q, sqlx::Postgres>
+        + sqlx::Type<sqlx::Postgres>
+        + sqlx::postgres::PgHasArrayType
+        + Send,
+    R: serde::de::DeserializeOwned + Send + Unpin + 'static,
+{
+    if keys.is_empty() {
+        return Ok(Vec::new());
     }
+    let rows: Vec<sqlx::types::Json<R>> =
+        sqlx::query_scalar(sql).bind(keys).fetch_all(conn).await?;
+    Ok(rows.into_iter().map(|r| r.0).collect())
+}
+
+/// Writes `rows` with one statement: `sql` is a named constant reading them as `$1`, a JSON
+/// array, through `jsonb_populate_recordset(NULL::<table>, $1)` (the table's own row type, so a
+/// rebuild's `search_path` picks the shadow table's).
+pub(crate) async fn write_rows<R: serde::Serialize + Sync>(
+    conn: &mut sqlx::PgConnection,
+    sql: &'static str,
+    rows: &[R],
+) -> Result<(), ProjectionError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(sql)
+        .bind(sqlx::types::Json(rows))
+        .execute(conn)
+        .await?;
     Ok(())
 }
