@@ -12,9 +12,8 @@
 //! so every event below it is final).
 //! One SQL statement computes it; it is read *before* the data, so the data is at least as new.
 //!
-//! In Kafka mode projections write no store checkpoint; positions then stay at what the store
-//! runner last wrote (0 when it never ran) and `min_position` waits time out: read-your-writes
-//! needs the embedded (store) runner.
+//! Kafka-mode runners record the same checkpoint (the store position below which every event
+//! of their types is applied), so positions and `min_position` work in both modes.
 //!
 //! # Waiting
 //!
