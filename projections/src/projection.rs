@@ -70,30 +70,26 @@ pub trait Projection: Send + Sync {
     /// Tables owned (written) by this projection, in an order safe for copying.
     fn tables(&self) -> &'static [&'static str];
 
-    /// Applies one event. Set-based projections implement this as a batch of one, so that
-    /// isolating a failing event (the runner's careful path, the dead-letter tools) runs the
-    /// very code that applies whole batches.
+    /// Applies one event: a batch of one, so that isolating a failing event (the runner's
+    /// careful path, the dead-letter tools) runs the very code that applies whole batches.
     async fn apply(
         &self,
         conn: &mut PgConnection,
         event: &RecordedEvent,
-    ) -> Result<(), ProjectionError>;
+    ) -> Result<(), ProjectionError> {
+        self.apply_batch(conn, std::slice::from_ref(event)).await
+    }
 
     /// Applies a batch: every event is the next one of its stream (the runner has already
     /// deduplicated, ordered and gap-filled them), streams interleave in source order. A
-    /// set-based projection folds the batch in memory per row key and writes each table with
-    /// one statement; an error fails the whole batch (the runner then isolates the culprit
-    /// with [`Projection::apply`]). The default applies the events one by one.
+    /// projection folds the batch in memory per row key and writes each table with one
+    /// statement; an error fails the whole batch (the runner then isolates the culprit with
+    /// [`Projection::apply`]).
     async fn apply_batch(
         &self,
         conn: &mut PgConnection,
         events: &[RecordedEvent],
-    ) -> Result<(), ProjectionError> {
-        for event in events {
-            self.apply(conn, event).await?;
-        }
-        Ok(())
-    }
+    ) -> Result<(), ProjectionError>;
 
     /// Whether this projection consumes events of `stream_type`.
     fn handles(&self, stream_type: &str) -> bool {

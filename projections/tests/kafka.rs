@@ -47,13 +47,14 @@ impl Projection for Counting {
     fn tables(&self) -> &'static [&'static str] {
         self.inner.tables()
     }
-    async fn apply(
+    async fn apply_batch(
         &self,
         conn: &mut PgConnection,
-        event: &RecordedEvent,
+        events: &[RecordedEvent],
     ) -> Result<(), ProjectionError> {
-        self.inner.apply(conn, event).await?;
-        self.applied.fetch_add(1, Ordering::Relaxed);
+        self.inner.apply_batch(conn, events).await?;
+        self.applied
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 }

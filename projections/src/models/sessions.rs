@@ -464,14 +464,6 @@ impl Projection for AgentSessionsProjection {
         TABLES
     }
 
-    async fn apply(
-        &self,
-        conn: &mut PgConnection,
-        event: &RecordedEvent,
-    ) -> Result<(), ProjectionError> {
-        self.apply_batch(conn, std::slice::from_ref(event)).await
-    }
-
     async fn apply_batch(
         &self,
         conn: &mut PgConnection,

@@ -94,6 +94,15 @@ pub async fn run(
     Ok(runs)
 }
 
+/// The URL of `options` without sqlx's own query parameters, which libpq refuses.
+fn libpq_url(options: &PgConnectOptions) -> String {
+    let url = db::url(options);
+    match url.split_once('?') {
+        Some((base, _)) => base.to_owned(),
+        None => url,
+    }
+}
+
 async fn pgbench(
     options: &PgConnectOptions,
     script: &std::path::Path,
@@ -114,7 +123,7 @@ async fn pgbench(
             "--file",
         ])
         .arg(script)
-        .arg(db::url(options))
+        .arg(libpq_url(options))
         .stdin(Stdio::null());
     // pgbench runs for seconds: off the async workers.
     let out = tokio::task::spawn_blocking(move || command.output())
