@@ -24,7 +24,7 @@ fi
 export DATABASE_URL
 echo "== demo database: $DATABASE_URL"
 
-cargo build --quiet -p event-store --example store_demo --example relay_demo \
+cargo build --quiet -p event-store --example store_demo -p annals-relay --example relay_demo \
   -p command-api --example command_demo -p query-api --example query_demo
 cargo run --quiet -p event-store --example store_demo -- "$@"
 echo
@@ -33,7 +33,7 @@ if [ "${ANNALS_KAFKA:-0}" = "1" ]; then
   KAFKA_BOOTSTRAP="$(deploy/local/kafka.sh)"
   export KAFKA_BOOTSTRAP
   echo
-  cargo run --quiet -p event-store --example relay_demo
+  cargo run --quiet -p annals-relay --example relay_demo
 fi
 echo
 cargo run --quiet -p query-api --example query_demo

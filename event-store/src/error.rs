@@ -68,14 +68,6 @@ pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
 
-    /// The Kafka client failed (relay only).
-    #[error("kafka error: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
-
-    /// A relay stopped at its configured crash point (fault injection).
-    #[error("relay stopped at its injected crash point")]
-    InjectedCrash,
-
     /// Applying migrations failed.
     #[error("migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),

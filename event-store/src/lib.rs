@@ -71,20 +71,22 @@
 //! - `notify`: [`Waker`], post-commit wake-ups coalesced per process (subscriptions, projections).
 //! - [`hash`] and `verify`: the hash chain and its verifier ([`VerifyReport`]);
 //!   `verify_range`: [`EventStore::verify_positions`] over a range of global positions.
-//! - [`relay`]: the outbox relay to Kafka ([`relay::Relay`]) and its wire format; the
-//!   `annals-relay` binary runs it on its own.
+//! - [`wire`]: the Kafka wire format (topic per stream type, JSON [`wire::Envelope`], header
+//!   names): pure serde, shared by the relay and Kafka consumers.
+//! - The outbox relay to Kafka is the crate `annals-relay` in `relay/` (with its binary), so that
+//!   crates depending on the store do not compile librdkafka.
 //! - The schema lives in the workspace's `migrations/`; apply it with [`migrate`].
 
 pub mod aggregate;
 pub mod error;
 pub mod hash;
 mod notify;
-pub mod relay;
 mod store;
 mod subscription;
 pub mod types;
 mod verify;
 mod verify_range;
+pub mod wire;
 pub mod writer;
 
 pub use error::StoreError;

@@ -172,7 +172,7 @@ impl KafkaSource {
     pub fn new(config: KafkaSourceConfig, stream_types: &[&str]) -> Self {
         let topics = stream_types
             .iter()
-            .map(|t| event_store::relay::topic_for(&config.topic_prefix, t))
+            .map(|t| event_store::wire::topic_for(&config.topic_prefix, t))
             .collect();
         Self {
             config,
@@ -321,7 +321,7 @@ fn push(
     );
     pending.insert((m.topic().to_owned(), m.partition()), m.offset() + 1);
     let bytes = m.payload().unwrap_or_default();
-    match event_store::relay::decode_envelope(bytes) {
+    match event_store::wire::decode_envelope(bytes) {
         Ok(event) => events.push(event),
         // Not an event at all, so there is nothing to dead-letter or park: log it and move on
         // (its offset is committed with the batch). Every real event is also in the store.

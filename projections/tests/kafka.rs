@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use aggregates::task::{Task, TaskCommand, UpdateTask};
 use aggregates::values::TaskTitle;
+use annals_relay::{Relay, RelayConfig};
 use async_trait::async_trait;
-use event_store::relay::{Relay, RelayConfig};
 use event_store::{EventStore, MIGRATOR, RecordedEvent};
 use projections::rebuild::{RebuildOptions, rebuild};
 use projections::source::{KafkaSource, KafkaSourceConfig};

@@ -19,10 +19,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use annals_relay::{Relay, RelayConfig};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use event_store::EventStore;
-use event_store::relay::{Relay, RelayConfig};
 use projections::worker::{self, KafkaWorkerConfig, WorkerConfig};
 use schemas::auth::TokenStore;
 use sqlx::postgres::PgPoolOptions;

@@ -3,8 +3,9 @@
 
 use std::time::{Duration, Instant};
 
+use annals_relay::{Relay, RelayConfig};
 use anyhow::Context;
-use event_store::relay::{Relay, RelayConfig, encode_envelope, topic_for};
+use event_store::wire::{encode_envelope, header, topic_for};
 use event_store::{EventStore, Position, RecordedEvent};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -89,23 +90,23 @@ pub async fn run(store: &EventStore, bootstrap: &str, events: u64) -> anyhow::Re
         let value = encode_envelope(event)?;
         let headers = OwnedHeaders::new()
             .insert(Header {
-                key: "event_id",
+                key: header::EVENT_ID,
                 value: Some(event.event_id.to_string().as_bytes()),
             })
             .insert(Header {
-                key: "event_type",
+                key: header::EVENT_TYPE,
                 value: Some(event.event_type.as_bytes()),
             })
             .insert(Header {
-                key: "schema_version",
+                key: header::SCHEMA_VERSION,
                 value: Some(event.schema_version.to_string().as_bytes()),
             })
             .insert(Header {
-                key: "global_position",
+                key: header::GLOBAL_POSITION,
                 value: Some(event.global_position.0.to_string().as_bytes()),
             })
             .insert(Header {
-                key: "tenant",
+                key: header::TENANT,
                 value: Some(event.tenant_id.as_bytes()),
             });
         let mut record = FutureRecord::to(&topic)

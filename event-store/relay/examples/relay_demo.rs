@@ -6,10 +6,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use annals_relay::{Relay, RelayConfig};
 use anyhow::Context;
 use clap::Parser;
 use event_store::EventStore;
-use event_store::relay::{Relay, RelayConfig, decode_envelope, topic_for};
+use event_store::wire::{decode_envelope, topic_for};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use sqlx::postgres::PgPoolOptions;

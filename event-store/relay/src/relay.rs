@@ -1,132 +1,26 @@
-//! The outbox relay: publishes every event to Kafka, in global order, with no gaps.
-//!
-//! The events table is the outbox. One relay is active at a time (a session-level Postgres
-//! advisory lock held on a dedicated connection; a waiting relay takes over the moment the
-//! leader's connection goes away). The leader follows the gap-safe [`crate::Subscription`] from its
-//! checkpoint, produces each batch with an idempotent producer (`enable.idempotence=true`,
-//! `acks=all`; all messages of a batch in flight together), and advances the checkpoint only
-//! after the broker acknowledged every message of the batch. Any failure drops the producer,
-//! backs off and resumes from the checkpoint: messages may be published twice, never skipped.
-//! Consumers dedupe by event id (header `event_id`, or the envelope).
-//!
-//! # Wire format
-//!
-//! - topic: `<prefix><stream type with '_' as '-'>`, e.g. `annals.agent-session`;
-//! - key: the stream id, so each aggregate's events stay in order within one partition;
-//! - value: the JSON [`Envelope`]; payload and metadata are embedded as the exact stored bytes,
-//!   so a consumer can recompute the hash chain;
-//! - headers: `event_id`, `event_type`, `schema_version`, `global_position`, `tenant`, and
-//!   `correlation_id`, `causation_id` when the metadata has them.
+//! [`Relay`]: leadership, produce, checkpoints, topic creation and metrics (see the crate docs).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
+use event_store::wire::{encode_envelope, topic_for};
+use event_store::{
+    EventStore, RecordedEvent, SubscriptionOptions, load_checkpoint, save_checkpoint, wire,
+};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
-use crate::error::StoreError;
-use crate::store::{EventStore, load_checkpoint, save_checkpoint};
-use crate::subscription::SubscriptionOptions;
-use crate::types::{Position, RecordedEvent};
-
-/// The JSON value of every Kafka message: the full event envelope.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Envelope<'a> {
-    /// Position in the global order.
-    pub global_position: i64,
-    /// Unique event id (consumers dedupe on it).
-    pub event_id: Uuid,
-    /// The stream (also the message key).
-    #[serde(borrow)]
-    pub stream_id: &'a str,
-    /// Kind of aggregate (selects the topic).
-    #[serde(borrow)]
-    pub stream_type: &'a str,
-    /// Version within the stream.
-    pub stream_version: u64,
-    /// Owning tenant.
-    #[serde(borrow)]
-    pub tenant_id: &'a str,
-    /// Stable event type name.
-    #[serde(borrow)]
-    pub event_type: &'a str,
-    /// Schema version of `payload`.
-    pub schema_version: u32,
-    /// The stored payload, byte for byte.
-    #[serde(borrow)]
-    pub payload: &'a RawValue,
-    /// The stored metadata, byte for byte.
-    #[serde(borrow)]
-    pub metadata: &'a RawValue,
-    /// When the event was recorded.
-    pub recorded_at: DateTime<Utc>,
-    /// Hex SHA-256 chain hash.
-    #[serde(borrow)]
-    pub hash: &'a str,
-}
-
-/// Encodes an event as the JSON value of its Kafka message.
-pub fn encode_envelope(event: &RecordedEvent) -> Result<Vec<u8>, StoreError> {
-    let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
-    let payload: &RawValue = serde_json::from_str(&event.payload).map_err(corrupt)?;
-    let metadata: &RawValue = serde_json::from_str(&event.metadata).map_err(corrupt)?;
-    let hash = hex::encode(event.hash);
-    let envelope = Envelope {
-        global_position: event.global_position.0,
-        event_id: event.event_id,
-        stream_id: &event.stream_id,
-        stream_type: &event.stream_type,
-        stream_version: event.stream_version,
-        tenant_id: &event.tenant_id,
-        event_type: &event.event_type,
-        schema_version: event.schema_version,
-        payload,
-        metadata,
-        recorded_at: event.recorded_at,
-        hash: &hash,
-    };
-    serde_json::to_vec(&envelope).map_err(corrupt)
-}
-
-/// Decodes the JSON value of a Kafka message back into the recorded event.
-pub fn decode_envelope(bytes: &[u8]) -> Result<RecordedEvent, StoreError> {
-    let corrupt = |e: String| StoreError::Corrupt(format!("kafka envelope: {e}"));
-    let env: Envelope<'_> = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
-    let mut hash = [0u8; 32];
-    hex::decode_to_slice(env.hash, &mut hash).map_err(|e| corrupt(e.to_string()))?;
-    Ok(RecordedEvent {
-        global_position: Position(env.global_position),
-        event_id: env.event_id,
-        stream_id: env.stream_id.to_owned(),
-        stream_type: env.stream_type.to_owned(),
-        stream_version: env.stream_version,
-        tenant_id: env.tenant_id.to_owned(),
-        event_type: env.event_type.to_owned(),
-        schema_version: env.schema_version,
-        payload: env.payload.get().to_owned(),
-        metadata: env.metadata.get().to_owned(),
-        recorded_at: env.recorded_at,
-        hash,
-    })
-}
-
-/// The topic of a stream type under `prefix`.
-pub fn topic_for(prefix: &str, stream_type: &str) -> String {
-    format!("{prefix}{}", stream_type.replace('_', "-"))
-}
+use crate::error::RelayError;
 
 /// Configuration of a [`Relay`].
 #[derive(Debug, Clone)]
@@ -214,7 +108,7 @@ pub struct RelayStats {
     pub checkpoint: AtomicU64,
 }
 
-/// Publishes the event store to Kafka. See the module docs.
+/// Publishes the event store to Kafka. See the crate docs.
 #[derive(Debug)]
 pub struct Relay {
     store: EventStore,
@@ -245,14 +139,14 @@ impl Relay {
 
     /// Runs until `shutdown` is cancelled: waits for leadership, then publishes. Failures are
     /// retried with backoff; only an injected crash ([`RelayConfig::crash_after_messages`])
-    /// ends the run early, with [`StoreError::InjectedCrash`].
+    /// ends the run early, with [`RelayError::InjectedCrash`].
     #[tracing::instrument(name = "relay.run", skip_all, fields(relay = %self.config.name))]
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), StoreError> {
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), RelayError> {
         let mut backoff = self.config.backoff;
         loop {
             match self.term(&shutdown).await {
                 Ok(TermEnd::Shutdown) => return Ok(()),
-                Ok(TermEnd::Crashed) => return Err(StoreError::InjectedCrash),
+                Ok(TermEnd::Crashed) => return Err(RelayError::InjectedCrash),
                 Err(err) => {
                     self.stats.leader.store(false, Ordering::Relaxed);
                     metrics::gauge!("annals_relay_leader", "relay" => self.config.name.clone())
@@ -269,7 +163,7 @@ impl Relay {
     }
 
     /// One leadership term: lock, publish from the checkpoint until shutdown or failure.
-    async fn term(&self, shutdown: &CancellationToken) -> Result<TermEnd, StoreError> {
+    async fn term(&self, shutdown: &CancellationToken) -> Result<TermEnd, RelayError> {
         let name = self.config.name.clone();
         // A dedicated connection: the lock lives exactly as long as it does.
         let mut lock = self.store.pool().acquire().await?.detach();
@@ -295,7 +189,7 @@ impl Relay {
         &self,
         lock: &mut PgConnection,
         shutdown: &CancellationToken,
-    ) -> Result<TermEnd, StoreError> {
+    ) -> Result<TermEnd, RelayError> {
         let checkpoint_name = self.config.checkpoint_name();
         let producer: FutureProducer = self.config.client_config().create()?;
         let mut topics = HashSet::new();
@@ -353,7 +247,7 @@ impl Relay {
             for delivery in pending {
                 let outcome = delivery
                     .await
-                    .map_err(|_| StoreError::Kafka(KafkaError::Canceled))?;
+                    .map_err(|_| RelayError::Kafka(KafkaError::Canceled))?;
                 if let Err((err, _)) = outcome {
                     self.stats.produce_errors.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("annals_relay_produce_errors_total").increment(1);
@@ -362,7 +256,7 @@ impl Relay {
                     {
                         tracing::error!(error = %err, "fatal producer error; recreating the producer");
                     }
-                    return Err(StoreError::Kafka(err));
+                    return Err(RelayError::Kafka(err));
                 }
             }
 
@@ -404,7 +298,7 @@ impl Relay {
         producer: &FutureProducer,
         event: &RecordedEvent,
         pending: &mut Vec<DeliveryFuture>,
-    ) -> Result<DeliveryFuture, StoreError> {
+    ) -> Result<DeliveryFuture, RelayError> {
         let value = encode_envelope(event)?;
         let topic = topic_for(&self.config.topic_prefix, &event.stream_type);
         let headers = headers_of(event);
@@ -422,11 +316,11 @@ impl Relay {
                     } else {
                         let oldest = pending.remove(0);
                         if let Ok(Err((err, _))) = oldest.await {
-                            return Err(StoreError::Kafka(err));
+                            return Err(RelayError::Kafka(err));
                         }
                     }
                 }
-                Err((err, _)) => return Err(StoreError::Kafka(err)),
+                Err((err, _)) => return Err(RelayError::Kafka(err)),
             }
         }
     }
@@ -435,7 +329,7 @@ impl Relay {
         &self,
         known: &mut HashSet<String>,
         stream_types: &[String],
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), RelayError> {
         if self.config.create_topics {
             let unknown: Vec<&String> = stream_types
                 .iter()
@@ -448,7 +342,7 @@ impl Relay {
     }
 
     /// Creates the topics of `stream_types` that the broker does not list.
-    async fn create_missing_topics(&self, stream_types: &[&String]) -> Result<(), StoreError> {
+    async fn create_missing_topics(&self, stream_types: &[&String]) -> Result<(), RelayError> {
         if stream_types.is_empty() {
             return Ok(());
         }
@@ -482,7 +376,7 @@ impl Relay {
                         Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                         Err((topic, code)) => {
                             tracing::error!(%topic, ?code, "creating topic failed");
-                            return Err(StoreError::Kafka(KafkaError::AdminOp(code)));
+                            return Err(RelayError::Kafka(KafkaError::AdminOp(code)));
                         }
                     }
                 }
@@ -493,7 +387,7 @@ impl Relay {
                 let (_, existing) = listed_topics(admin).await?;
                 if let Some(topic) = names.iter().find(|n| !existing.contains(*n)) {
                     tracing::error!(%topic, error = %err, "creating topic failed");
-                    return Err(StoreError::Kafka(err));
+                    return Err(RelayError::Kafka(err));
                 }
                 tracing::debug!(error = %err, "create-topics reply unreadable; every topic is listed");
             }
@@ -506,7 +400,7 @@ impl Relay {
 /// async workers; the client is handed back for further use.
 async fn listed_topics(
     admin: AdminClient<DefaultClientContext>,
-) -> Result<(AdminClient<DefaultClientContext>, HashSet<String>), StoreError> {
+) -> Result<(AdminClient<DefaultClientContext>, HashSet<String>), RelayError> {
     let (admin, listed) = tokio::task::spawn_blocking(move || {
         let listed = admin
             .inner()
@@ -522,50 +416,21 @@ async fn listed_topics(
     .await
     .map_err(|join| match join.try_into_panic() {
         Ok(panic) => std::panic::resume_unwind(panic),
-        Err(_) => StoreError::Kafka(KafkaError::Canceled),
+        Err(_) => RelayError::Kafka(KafkaError::Canceled),
     })?;
     Ok((admin, listed?))
 }
 
+/// The message headers of [`wire::headers`], as librdkafka takes them.
 fn headers_of(event: &RecordedEvent) -> OwnedHeaders {
-    let position = event.global_position.0.to_string();
-    let schema_version = event.schema_version.to_string();
-    let event_id = event.event_id.to_string();
-    let mut headers = OwnedHeaders::new_with_capacity(7)
-        .insert(Header {
-            key: "event_id",
-            value: Some(event_id.as_str()),
-        })
-        .insert(Header {
-            key: "event_type",
-            value: Some(event.event_type.as_str()),
-        })
-        .insert(Header {
-            key: "schema_version",
-            value: Some(schema_version.as_str()),
-        })
-        .insert(Header {
-            key: "global_position",
-            value: Some(position.as_str()),
-        })
-        .insert(Header {
-            key: "tenant",
-            value: Some(event.tenant_id.as_str()),
-        });
-    // Metadata was written by this crate; a parse failure only loses the optional headers.
-    if let Ok(meta) = event.metadata() {
-        for (key, id) in [
-            ("correlation_id", meta.correlation_id),
-            ("causation_id", meta.causation_id),
-        ] {
-            if let Some(id) = id {
-                let id = id.to_string();
-                headers = headers.insert(Header {
-                    key,
-                    value: Some(id.as_str()),
-                });
-            }
-        }
-    }
-    headers
+    let pairs = wire::headers(event);
+    pairs.iter().fold(
+        OwnedHeaders::new_with_capacity(pairs.len()),
+        |headers, (key, value)| {
+            headers.insert(Header {
+                key,
+                value: Some(value.as_str()),
+            })
+        },
+    )
 }

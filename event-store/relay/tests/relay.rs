@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use event_store::relay::{Relay, RelayConfig, RelayStats, decode_envelope, topic_for};
+use annals_relay::{Relay, RelayConfig, RelayError, RelayStats};
+use event_store::wire::{decode_envelope, header, topic_for};
 use event_store::{
     AppendBatch, EventStore, ExpectedVersion, Metadata, NewEvent, Position, StreamId,
 };
@@ -174,15 +175,18 @@ async fn consume(
                     .and_then(|h| h.value)
                     .map(|v| String::from_utf8(v.to_vec()).unwrap())
             };
-            assert_eq!(header("event_id").unwrap(), event.event_id.to_string());
-            assert_eq!(header("event_type").unwrap(), event.event_type);
-            assert_eq!(header("schema_version").unwrap(), "1");
             assert_eq!(
-                header("global_position").unwrap(),
+                header(header::EVENT_ID).unwrap(),
+                event.event_id.to_string()
+            );
+            assert_eq!(header(header::EVENT_TYPE).unwrap(), event.event_type);
+            assert_eq!(header(header::SCHEMA_VERSION).unwrap(), "1");
+            assert_eq!(
+                header(header::GLOBAL_POSITION).unwrap(),
                 event.global_position.to_string()
             );
-            assert_eq!(header("tenant").unwrap(), "tenant-a");
-            assert!(header("correlation_id").is_some());
+            assert_eq!(header(header::TENANT).unwrap(), "tenant-a");
+            assert!(header(header::CORRELATION_ID).is_some());
             assert_eq!(msg.topic(), topic_for(prefix, &event.stream_type));
             ids.insert(event.event_id);
             received.messages += 1;
@@ -212,7 +216,7 @@ fn spawn_relay(
 ) -> (
     Arc<RelayStats>,
     CancellationToken,
-    tokio::task::JoinHandle<Result<(), event_store::StoreError>>,
+    tokio::task::JoinHandle<Result<(), RelayError>>,
 ) {
     let relay = Relay::new(store.clone(), config);
     let stats = relay.stats();
@@ -256,7 +260,7 @@ async fn crash_mid_batch_then_restart_loses_nothing(pool: PgPool) {
     let relay = Relay::new(store.clone(), crashing);
     let stats = relay.stats();
     let err = relay.run(CancellationToken::new()).await.unwrap_err();
-    assert!(matches!(err, event_store::StoreError::InjectedCrash));
+    assert!(matches!(err, RelayError::InjectedCrash));
     assert_eq!(
         stats.published.load(Ordering::Relaxed),
         1_000,

@@ -1,4 +1,4 @@
-//! `annals-relay`: publishes the event store to Kafka (see `event_store::relay`).
+//! `annals-relay`: publishes the event store to Kafka (see the `annals_relay` crate).
 //!
 //! Start as many as you like; one leads (Postgres advisory lock), the others wait and take over
 //! when it dies. Stops gracefully on SIGINT/SIGTERM.
@@ -6,10 +6,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use annals_relay::{Relay, RelayConfig};
 use anyhow::Context;
 use clap::Parser;
 use event_store::EventStore;
-use event_store::relay::{Relay, RelayConfig};
 use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
 
