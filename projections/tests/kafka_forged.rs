@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use aggregates::task::{Task, TaskCommand, UpdateTask};
 use aggregates::values::TaskTitle;
-use event_store::relay::{Relay, RelayConfig, encode_envelope, topic_for};
+use annals_relay::{Relay, RelayConfig};
+use event_store::wire::{encode_envelope, topic_for};
 use event_store::{EventStore, MIGRATOR};
 use projections::models::tasks::TasksProjection;
 use projections::rebuild::{RebuildOptions, rebuild};
