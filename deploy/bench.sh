@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks (issue 8): starts Postgres and a Kafka-compatible broker (tansu) when needed, builds
+# Benchmarks (issues 8, 12, 13): starts Postgres and a Kafka-compatible broker (tansu) when needed, builds
 # the harness and the server binaries in release (artifacts stay in target/), and runs the quick
 # suite. Writes target/bench/results.json and target/bench/results.md and prints the table.
 #
@@ -21,6 +21,7 @@ else
 fi
 echo "== building (release) the harness and the three server binaries" >&2
 cargo build --release --locked -p annals-bench -p command-api -p projections -p query-api \
-  --bin annals-bench --bin annals-command-api --bin annals-projections --bin annals-query-api >&2
+  -p annals-relay --bin annals-bench --bin annals-command-api --bin annals-projections \
+  --bin annals-query-api --bin annals-relay >&2
 echo "== running on $DATABASE_URL${KAFKA_BOOTSTRAP:+ and Kafka at $KAFKA_BOOTSTRAP}" >&2
 exec target/release/annals-bench --out target/bench "$@"

@@ -173,27 +173,47 @@ BEGIN
         RAISE EXCEPTION 'malformed append arguments' USING ERRCODE = 'ANA01';
     END IF;
 
-    -- Four statements in all, each needing what the one before it did: in READ COMMITTED a
-    -- statement's snapshot is taken when it starts, so what is read after a lock must be read
-    -- by a later statement than the one that took it.
+    -- Three statements in all. In READ COMMITTED a statement's snapshot is taken when it
+    -- starts, so what must be read after a lock is read by the statement after the one that
+    -- took it.
     --
-    -- 1. No append straddles a change of position epoch (see the header), and retries of one
-    --    command id are serialised.
+    -- 1. No append straddles a change of position epoch (see the header); the streams are
+    --    locked in a fixed order (no deadlocks). A retry of a command targets the same streams
+    --    as its first attempt, so this also serialises a retry behind an attempt in flight; a
+    --    command id reused concurrently on other streams meets the command log's primary key,
+    --    which fails the group, and the writer then retries its appends one by one.
     PERFORM pg_advisory_xact_lock_shared(annals_epoch_lock_key()),
             (SELECT count(pg_advisory_xact_lock(key))
-               FROM (SELECT DISTINCT hashtextextended('annals.command:' || c::text, 0) AS key
-                       FROM unnest(p_it_command_ids) AS c WHERE c IS NOT NULL ORDER BY 1) AS keys);
+               FROM (SELECT DISTINCT hashtextextended('annals.stream:' || sid, 0) AS key
+                       FROM unnest(p_slot_stream) AS sid ORDER BY 1) AS keys);
 
-    -- 2. The command ids already logged (read after their locks), and the streams locked in a
-    --    fixed order (no deadlocks). A logged item's streams are locked too, harmlessly.
-    SELECT (SELECT count(pg_advisory_xact_lock(key))
-              FROM (SELECT DISTINCT hashtextextended('annals.stream:' || sid, 0) AS key
-                      FROM unnest(p_slot_stream) AS sid ORDER BY 1) AS keys),
-           array_agg(u.ord), array_agg(cl.fingerprint), array_agg(cl.result::text),
-           array_agg(cl.first_position), array_agg(cl.event_count)
-      INTO k, lg_item, lg_fingerprint, lg_result, lg_first, lg_count
-      FROM unnest(p_it_command_ids) WITH ORDINALITY AS u(cid, ord)
-      JOIN command_log cl ON cl.command_id = u.cid;
+    -- After the locks: a waiter reads a later time than the append it waited for.
+    v_now := clock_timestamp();
+
+    -- 2. After the locks: the stream heads, the command ids already logged, the position
+    --    epoch, and the newest event for the restore check.
+    SELECT h.versions, h.hashes, h.tenants, h.types, coalesce(ep.xid_offset, 0),
+           coalesce(ep.floor_position, 0), newest.global_position, newest.tx_id,
+           lg.items, lg.fingerprints, lg.results, lg.firsts, lg.counts
+      INTO hd_version, hd_hash, hd_tenant, hd_type, v_offset, v_floor, v_last_pos, v_last_tx,
+           lg_item, lg_fingerprint, lg_result, lg_first, lg_count
+      FROM (SELECT array_agg(st.version ORDER BY u.ord) AS versions,
+                   array_agg(st.last_hash ORDER BY u.ord) AS hashes,
+                   array_agg(st.tenant_id ORDER BY u.ord) AS tenants,
+                   array_agg(st.stream_type ORDER BY u.ord) AS types
+              FROM unnest(p_slot_stream) WITH ORDINALITY AS u(sid, ord)
+              LEFT JOIN streams st ON st.stream_id = u.sid) AS h
+     CROSS JOIN (SELECT array_agg(u.ord) AS items, array_agg(cl.fingerprint) AS fingerprints,
+                        array_agg(cl.result::text) AS results,
+                        array_agg(cl.first_position) AS firsts,
+                        array_agg(cl.event_count) AS counts
+                   FROM unnest(p_it_command_ids) WITH ORDINALITY AS u(cid, ord)
+                   JOIN command_log cl ON cl.command_id = u.cid) AS lg
+      -- Floors only grow, so the newest epoch's floor is annals_delivery_floor().
+      LEFT JOIN LATERAL (SELECT e.xid_offset, e.floor_position FROM annals_position_epochs e
+                          ORDER BY e.epoch DESC LIMIT 1) AS ep ON true
+      LEFT JOIN LATERAL (SELECT ev.global_position, ev.tx_id FROM events ev
+                          ORDER BY ev.global_position DESC LIMIT 1) AS newest ON true;
     FOR j IN 1 .. coalesce(array_length(lg_item, 1), 0) LOOP
         i := lg_item[j];
         IF lg_fingerprint[j] IS DISTINCT FROM p_it_fingerprints[i] THEN
@@ -215,22 +235,6 @@ BEGIN
                    AND ev.global_position < lg_first[j] + lg_count[j]);
         END IF;
     END LOOP;
-
-    -- After the locks: a waiter reads a later time than the append it waited for.
-    v_now := clock_timestamp();
-
-    -- 3. The stream heads (read after their locks), the position epoch, and the newest event for
-    --    the restore check.
-    SELECT array_agg(st.version ORDER BY u.ord), array_agg(st.last_hash ORDER BY u.ord),
-           array_agg(st.tenant_id ORDER BY u.ord), array_agg(st.stream_type ORDER BY u.ord),
-           coalesce((SELECT ep.xid_offset FROM annals_position_epochs ep
-                      ORDER BY ep.epoch DESC LIMIT 1), 0),
-           annals_delivery_floor(),
-           (SELECT ev.global_position FROM events ev ORDER BY ev.global_position DESC LIMIT 1),
-           (SELECT ev.tx_id FROM events ev ORDER BY ev.global_position DESC LIMIT 1)
-      INTO hd_version, hd_hash, hd_tenant, hd_type, v_offset, v_floor, v_last_pos, v_last_tx
-      FROM unnest(p_slot_stream) WITH ORDINALITY AS u(sid, ord)
-      LEFT JOIN streams st ON st.stream_id = u.sid;
     FOR s IN 1 .. n_slots LOOP
         IF hd_version[s] IS NOT NULL THEN
             sl_version[s] := hd_version[s];
@@ -332,7 +336,7 @@ BEGIN
             j := j + p_en_count[e];
         END LOOP;
 
-        -- 4. Events, stream heads and command log in one statement.
+        -- 3. Events, stream heads and command log in one statement.
         WITH new_events AS (
             INSERT INTO events (global_position, event_id, stream_id, stream_type,
                                 stream_version, tenant_id, event_type, schema_version, payload,

@@ -136,8 +136,8 @@ pub struct E2eResult {
     pub queries: Vec<QueryRun>,
     /// Append-to-visible lag at half load.
     pub lag: Option<LagRun>,
-    /// The same lag with Kafka as the projections' source (not measured by this suite yet:
-    /// it needs the relay and Kafka-mode workers as a second stack).
+    /// The same lag with Kafka as the projections' source (a second stack, see
+    /// [`kafka_lag`]).
     pub kafka_lag: Option<LagRun>,
     /// Commands at full speed for [`SUSTAINED`] while the tasks projection's lag is sampled.
     pub sustained: Option<Sustained>,
@@ -171,6 +171,8 @@ pub struct Binaries {
     pub projections: PathBuf,
     /// `annals-query-api`.
     pub query_api: PathBuf,
+    /// `annals-relay`, for the Kafka lag phase (skipped without it).
+    pub relay: Option<PathBuf>,
 }
 
 impl Binaries {
@@ -189,6 +191,7 @@ impl Binaries {
             command_api: find("annals-command-api")?,
             projections: find("annals-projections")?,
             query_api: find("annals-query-api")?,
+            relay: find("annals-relay").ok(),
         })
     }
 
@@ -503,6 +506,117 @@ async fn commands(stack: &Stack, concurrency: usize, ops: u64) -> anyhow::Result
         }
     })
     .await
+}
+
+/// Append-to-visible lag with Kafka as the source: a second stack in the fresh database
+/// `options` (command API, `annals-relay`, `annals-projections --kafka-bootstrap`, query API;
+/// topics and consumer groups under a prefix of their own), `warmup` untimed commands (topic
+/// creation and the consumer groups' first assignment), then `ops` commands at `rate` per
+/// second, each followed by `GetTask` at its reply's position as in [`E2eResult::lag`].
+pub async fn kafka_lag(
+    bins: &Binaries,
+    options: &PgConnectOptions,
+    bootstrap: &str,
+    rate: f64,
+    warmup: u64,
+    ops: u64,
+) -> anyhow::Result<LagRun> {
+    let relay_bin = bins
+        .relay
+        .as_ref()
+        .context("no annals-relay binary (build it in release, or pass --bin-dir)")?;
+    let url = db::url(options);
+    let service_token = Arc::new(create_token(&bins.command_api, &url, TENANT, "service")?);
+    let prefix = format!("annals-bench-{}.", Uuid::now_v7().simple());
+    let (command_addr, command_metrics) = (free_addr()?, free_addr()?);
+    let command = spawn(
+        "annals-command-api",
+        &bins.command_api,
+        &[
+            "serve".into(),
+            "--listen".into(),
+            command_addr.to_string(),
+            "--metrics-listen".into(),
+            command_metrics.to_string(),
+        ],
+        &url,
+        command_addr,
+    )
+    .await?;
+    let relay_metrics = free_addr()?;
+    let relay = spawn(
+        "annals-relay",
+        relay_bin,
+        &[
+            "--kafka-bootstrap".into(),
+            bootstrap.into(),
+            "--topic-prefix".into(),
+            prefix.clone(),
+            "--metrics-addr".into(),
+            relay_metrics.to_string(),
+        ],
+        &url,
+        relay_metrics,
+    )
+    .await?;
+    let projections_metrics = free_addr()?;
+    let projections = spawn(
+        "annals-projections",
+        &bins.projections,
+        &[
+            "run".into(),
+            "--kafka-bootstrap".into(),
+            bootstrap.into(),
+            "--topic-prefix".into(),
+            prefix.clone(),
+            "--group-prefix".into(),
+            format!("{prefix}projections."),
+            "--metrics-addr".into(),
+            projections_metrics.to_string(),
+        ],
+        &url,
+        projections_metrics,
+    )
+    .await?;
+    let (query_addr, query_metrics) = (free_addr()?, free_addr()?);
+    let query = spawn(
+        "annals-query-api",
+        &bins.query_api,
+        &[
+            "serve".into(),
+            "--listen".into(),
+            query_addr.to_string(),
+            "--metrics-listen".into(),
+            query_metrics.to_string(),
+        ],
+        &url,
+        query_addr,
+    )
+    .await?;
+    let stack = Stack {
+        command,
+        projections,
+        query,
+        service_token,
+        auditor_token: String::new(),
+        pool: db::pool(options, 2).await?,
+    };
+    let command_client = TaskCommandsClient::new(channels(stack.command.addr, 1).await?[0].clone());
+    let query_client = TaskQueriesClient::new(channels(stack.query.addr, 1).await?[0].clone());
+    for i in 0..warmup {
+        write_then_read(
+            command_client.clone(),
+            query_client.clone(),
+            &stack.service_token,
+            3_000_000_000 + i,
+        )
+        .await
+        .context("warm-up command")?;
+    }
+    let result = lag(&stack, rate, ops).await;
+    stack.pool.close().await;
+    drop(relay);
+    result
 }
 
 /// `CreateTask` closed loop at concurrency 64 for [`SUSTAINED`]; the tasks projection's backlog

@@ -16,7 +16,9 @@
 //!    child processes on 127.0.0.1: gRPC `CreateTask` rate and latency at concurrency 8 and 64,
 //!    `GetTask`/`ListTasks` latency, append-to-visible lag at half the best command rate, each
 //!    process's peak RSS, and a streamed 1,000,000-row audit export with the query API's memory
-//!    growth (see [`e2e`]).
+//!    growth; 60 s of `CreateTask` at full speed with the tasks projection's backlog sampled;
+//!    and, with Kafka, the same append-to-visible lag on a second stack whose projections
+//!    consume the relay's topics (see [`e2e`]).
 //! 4. **Kafka**: the outbox relay against a plain idempotent rdkafka producer on tansu.
 //!
 //! On a server without autovacuum, `ANALYZE` runs every 10 s in its place for every contender

@@ -290,7 +290,37 @@ async fn main() -> anyhow::Result<()> {
                     export_rows: profile.export_rows(),
                 };
                 match e2e::run(&bins, &options, &sizes).await {
-                    Ok(r) => {
+                    Ok(mut r) => {
+                        server.drop_db("e2e").await;
+                        let rate = r.lag.as_ref().map_or(200.0, |l| l.target_rate);
+                        match &cli.kafka_bootstrap {
+                            Some(bootstrap) => {
+                                eprintln!(
+                                    "   append-to-visible lag with Kafka as the source: {} commands at {rate:.0}/s",
+                                    sizes.lag_ops / 2
+                                );
+                                let options = server.fresh("e2e_kafka").await?;
+                                match e2e::kafka_lag(
+                                    &bins,
+                                    &options,
+                                    bootstrap,
+                                    rate,
+                                    50,
+                                    sizes.lag_ops / 2,
+                                )
+                                .await
+                                {
+                                    Ok(l) => r.kafka_lag = Some(l),
+                                    Err(e) => r
+                                        .not_done
+                                        .push(format!("lag with Kafka as the source: {e:#}")),
+                                }
+                                server.drop_db("e2e_kafka").await;
+                            }
+                            None => r.not_done.push(
+                                "lag with Kafka as the source: KAFKA_BOOTSTRAP not set".into(),
+                            ),
+                        }
                         report
                             .not_done
                             .extend(r.not_done.iter().map(|n| format!("end to end: {n}")));

@@ -444,6 +444,26 @@ impl Report {
                     fmt_ms(l.visible.p99_ms)
                 );
             }
+            if let Some(l) = &e.kafka_lag {
+                let _ = writeln!(
+                    s,
+                    "| the same lag with Kafka as the projections' source (asked {}/s) | open loop | {} | {} | {} |",
+                    fmt_rate(l.target_rate),
+                    fmt_rate(l.commands.ops_per_sec),
+                    fmt_ms(l.visible.p50_ms),
+                    fmt_ms(l.visible.p99_ms)
+                );
+            }
+            if let Some(k) = &e.sustained {
+                let _ = writeln!(
+                    s,
+                    "| `CreateTask` at full speed for {} s, tasks projection backlog after 10 s / at the end | 64 | {} | {} events | {} events |",
+                    crate::e2e::SUSTAINED.as_secs(),
+                    fmt_rate(k.commands_per_sec),
+                    k.lag_early,
+                    k.lag_late
+                );
+            }
             let rss = e
                 .peak_rss
                 .iter()
