@@ -246,7 +246,7 @@ impl Report {
                 .and_then(|e| {
                     e.queries
                         .iter()
-                        .find(|q| q.rpc == rpc && q.concurrency == c)
+                        .find(|q| q.rpc.starts_with(rpc) && q.concurrency == c)
                 })
                 .map(|q| &q.measurement)
         };
