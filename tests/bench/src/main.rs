@@ -44,6 +44,10 @@ struct Cli {
         default_value = "append,pgbench,batch,rebuild,e2e,kafka"
     )]
     suites: Vec<String>,
+    /// Group transactions annals may have in flight at once (the store's
+    /// `GroupCommitOptions::max_in_flight`; default: the store's default).
+    #[arg(long)]
+    group_in_flight: Option<usize>,
     /// Directory of results.json and results.md.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -171,7 +175,11 @@ async fn main() -> anyhow::Result<()> {
                 );
                 let name = format!("{}_{}_c{c}", kind.id(), workload);
                 let options = server.fresh(&name).await?;
-                let target = Arc::new(Target::setup(kind, &options, c as u32 + 2).await?);
+                let mut group = event_store::GroupCommitOptions::default();
+                if let Some(n) = cli.group_in_flight {
+                    group.max_in_flight = n;
+                }
+                let target = Arc::new(Target::setup(kind, &options, c as u32 + 2, group).await?);
                 let plan = Plan {
                     concurrency: c,
                     warmup: (ops / 10).max(20),

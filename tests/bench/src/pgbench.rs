@@ -65,7 +65,13 @@ pub async fn run(
     for &c in levels {
         let name = format!("pgbench_insert_c{c}");
         let options = server.fresh(&name).await?;
-        crate::stores::Target::setup(crate::stores::StoreKind::Raw, &options, 1).await?;
+        crate::stores::Target::setup(
+            crate::stores::StoreKind::Raw,
+            &options,
+            1,
+            event_store::GroupCommitOptions::default(),
+        )
+        .await?;
         eprintln!("== pgbench insert, concurrency {c}: {SECONDS} s");
         let r = pgbench(&options, &insert, c, "insert").await;
         server.drop_db(&name).await;
@@ -74,7 +80,13 @@ pub async fn run(
     let name = "pgbench_select";
     let options = server.fresh(name).await?;
     let pool = db::pool(&options, 1).await?;
-    crate::stores::Target::setup(crate::stores::StoreKind::Raw, &options, 1).await?;
+    crate::stores::Target::setup(
+        crate::stores::StoreKind::Raw,
+        &options,
+        1,
+        event_store::GroupCommitOptions::default(),
+    )
+    .await?;
     sqlx::query(&format!(
         "INSERT INTO raw_events (event_id, stream_id, stream_type, stream_version, tenant_id, \
          event_type, schema_version, payload, metadata, hash) \

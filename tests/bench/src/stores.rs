@@ -232,11 +232,13 @@ pub fn metadata() -> Metadata {
 }
 
 impl Target {
-    /// Prepares `kind` in the fresh database `options` with a pool of `pool_size` connections.
+    /// Prepares `kind` in the fresh database `options` with a pool of `pool_size` connections;
+    /// annals groups its appends as `group` says.
     pub async fn setup(
         kind: StoreKind,
         options: &PgConnectOptions,
         pool_size: u32,
+        group: event_store::GroupCommitOptions,
     ) -> anyhow::Result<Target> {
         let pool = db::pool(options, pool_size).await?;
         Ok(match kind {
@@ -246,7 +248,7 @@ impl Target {
             }
             StoreKind::Annals => {
                 event_store::migrate(&pool).await?;
-                Target::Annals(EventStore::new(pool))
+                Target::Annals(EventStore::with_options(pool, group))
             }
             StoreKind::PostgresEs => {
                 sqlx::raw_sql(POSTGRES_ES_SCHEMA).execute(&pool).await?;
