@@ -45,7 +45,8 @@
 //! - [`projection`]: the [`Projection`] trait and [`ProjectionError`].
 //! - [`runner`]: applying batches (dedupe, parking, dead letters, checkpoints) and the run loop.
 //! - [`source`]: [`EventSource`] with [`source::StoreSource`] and [`source::KafkaSource`].
-//! - [`models`]: the projections: problems, tasks, agent sessions, governance, audit log.
+//! - [`models`]: the projections: problems, tasks, agent sessions, governance, audit log; each
+//!   with its `reads` (row types and SELECTs served by query-api).
 //! - [`dead_letters`]: list, retry and skip.
 //! - [`rebuild`]: shadow-schema rebuild with progress and a swap by moving tables.
 //! - [`reactors`]: recurring-task manager and reminder scheduler (with the in-app inbox channel).

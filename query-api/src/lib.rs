@@ -19,7 +19,9 @@
 //! - [`convert`]: request fields -> SQL values (validation), rows -> proto fields.
 //! - `service/`: [`QueryService`] and its skeletons (`read`, `lookup`, `answer`), one module
 //!   per proto service (`problems`, `tasks`, `sessions`, `governance`, `summaries`, `audit`
-//!   with the streamed export and viewer redaction, `history`).
+//!   with the streamed export and viewer redaction, `history`): validation, page tokens,
+//!   the skeleton call and proto conversion. The read models' row types and SELECTs live
+//!   beside the code that writes their tables, in `projections::models::*::reads`.
 //! - [`state`]: aggregate states as JSON for as-of replays.
 //! - [`error`]: [`QueryError`] and its mapping to gRPC statuses.
 //! - [`server`]: health, reflection, limits, graceful shutdown.

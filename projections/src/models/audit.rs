@@ -20,6 +20,8 @@ use serde_json::{Map, Value};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+pub mod reads;
+
 use super::{load_rows, ts, write_rows};
 use crate::projection::{Projection, ProjectionError};
 

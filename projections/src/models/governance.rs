@@ -15,6 +15,8 @@ use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+pub mod reads;
+
 use super::{decode, ts, write_rows};
 use crate::projection::{Projection, ProjectionError};
 

@@ -7,6 +7,10 @@
 //! | `agent_sessions` | `agent_session` | agent_sessions, agent_session_personas; `user_activity`, `cost_daily` (views `active_agent_sessions`, `user_activity_view`) |
 //! | `governance` | `governance_decision` | governance_decisions; `governance_daily` (view `governance_approval_rates`) |
 //! | `audit` | all | audit_log, audit_resource_state |
+//!
+//! Each model owns its reads next to its writes: `<model>::reads` holds the row types and the
+//! SELECTs (named constants) that query-api runs against the model's tables and views,
+//! summaries included (a summary's reads sit with the projection that writes it).
 
 use std::sync::Arc;
 

@@ -16,6 +16,8 @@ use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+pub mod reads;
+
 use super::{decode, json, load_rows, num, ts, version, write_rows};
 use crate::projection::{Projection, ProjectionError};
 

@@ -21,6 +21,8 @@ use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+pub mod reads;
+
 use super::{decode, load_rows, ts, version, write_rows};
 use crate::projection::{Projection, ProjectionError};
 

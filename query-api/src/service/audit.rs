@@ -10,6 +10,7 @@
 //! sees entries in full.
 
 use chrono::{DateTime, Utc};
+use projections::models::audit::reads::{AUDIT_PAGE, AuditRow};
 use schemas::auth::{Principal, Role};
 use schemas::v1 as pb;
 use schemas::v1::audit_queries_server::AuditQueries;
@@ -22,41 +23,6 @@ use crate::convert::{self, s, ts};
 use crate::cursor::{Cursor, page_size, paginate};
 use crate::error::QueryError;
 use crate::reader::{Model, Reader};
-
-#[derive(sqlx::FromRow)]
-struct AuditRow {
-    global_position: i64,
-    event_id: Uuid,
-    action: String,
-    actor: String,
-    actor_type: String,
-    resource_type: String,
-    resource_id: String,
-    resource_version: i64,
-    changes: String,
-    command_id: Option<Uuid>,
-    correlation_id: Option<Uuid>,
-    causation_id: Option<Uuid>,
-    client_ip: Option<String>,
-    user_agent: Option<String>,
-    occurred_at: DateTime<Utc>,
-    event_hash: String,
-}
-
-/// Rows of one page after `$8`, up to `$9`, in global order.
-const PAGE_SQL: &str = "SELECT global_position, event_id, action, actor, actor_type, \
-        resource_type, resource_id, resource_version, changes::text AS changes, command_id, \
-        correlation_id, causation_id, client_ip, user_agent, occurred_at, event_hash \
-   FROM audit_log \
-  WHERE tenant_id = $1 \
-    AND ($2::text IS NULL OR resource_type = $2) \
-    AND ($3::text IS NULL OR resource_id = $3) \
-    AND ($4::text IS NULL OR actor = $4) \
-    AND ($5::uuid IS NULL OR correlation_id = $5) \
-    AND ($6::timestamptz IS NULL OR occurred_at >= $6) \
-    AND ($7::timestamptz IS NULL OR occurred_at < $7) \
-    AND global_position > $8 AND global_position <= $9 \
-  ORDER BY global_position LIMIT $10";
 
 /// A validated audit filter.
 #[derive(Debug, Clone)]
@@ -116,7 +82,7 @@ impl Filter {
         upto: i64,
         limit: i64,
     ) -> Result<Vec<AuditRow>, QueryError> {
-        let rows = sqlx::query_as(PAGE_SQL)
+        let rows = sqlx::query_as(AUDIT_PAGE)
             .bind(tenant)
             .bind(&self.resource_type)
             .bind(&self.resource_id)

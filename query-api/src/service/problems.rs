@@ -1,11 +1,13 @@
 //! `ProblemQueries`: problems, frames, issue trees with priorities, recommendations.
 
 use aggregates::problem::{ProblemStage, Urgency};
-use chrono::{DateTime, Utc};
+use projections::models::problems::reads::{
+    FrameRow, GET_FRAME, GET_PROBLEM, ISSUE_TREE, LIST_PROBLEMS, LIST_RECOMMENDATIONS, NodeRow,
+    PROBLEM_EXISTS, ProblemRow, RecommendationRow,
+};
 use schemas::v1 as pb;
 use schemas::v1::problem_queries_server::ProblemQueries;
 use tonic::{Request, Response, Status};
-use uuid::Uuid;
 
 use super::QueryService;
 use crate::convert::{self, s, spellings, ts, ts_opt};
@@ -17,153 +19,72 @@ use crate::reader::Model;
 /// only bounds the response of a pathological one.
 const MAX_TREE_NODES: i64 = 5_000;
 
-#[derive(sqlx::FromRow)]
-struct ProblemRow {
-    problem_id: Uuid,
-    title: Option<String>,
-    raw_text: String,
-    submitter: String,
-    urgency: String,
-    metadata: String,
-    organization_id: Option<Uuid>,
-    stage: String,
-    stage_entered_at: DateTime<Utc>,
-    end_reason: Option<String>,
-    created_by: String,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-    ended_at: Option<DateTime<Utc>>,
-    version: i64,
-    last_position: i64,
-}
-
-macro_rules! problem_columns {
-    () => {
-        "problem_id, title, raw_text, submitter, urgency, metadata::text AS metadata, \
-         organization_id, stage, stage_entered_at, end_reason, created_by, created_at, \
-         updated_at, ended_at, version, last_position"
-    };
-}
-
-impl From<ProblemRow> for pb::ProblemView {
-    fn from(r: ProblemRow) -> Self {
-        Self {
-            problem_id: r.problem_id.to_string(),
-            title: s(r.title),
-            raw_text: r.raw_text,
-            submitter: r.submitter,
-            urgency: r.urgency,
-            metadata_json: r.metadata,
-            organization_id: convert::id(r.organization_id),
-            stage: r.stage,
-            stage_entered_at: Some(ts(r.stage_entered_at)),
-            end_reason: s(r.end_reason),
-            created_by: r.created_by,
-            created_at: Some(ts(r.created_at)),
-            updated_at: Some(ts(r.updated_at)),
-            ended_at: ts_opt(r.ended_at),
-            version: convert::u64_of(r.version),
-            last_position: r.last_position,
-        }
+/// A problem as the API shows it.
+fn problem_view(r: ProblemRow) -> pb::ProblemView {
+    pb::ProblemView {
+        problem_id: r.problem_id.to_string(),
+        title: s(r.title),
+        raw_text: r.raw_text,
+        submitter: r.submitter,
+        urgency: r.urgency,
+        metadata_json: r.metadata,
+        organization_id: convert::id(r.organization_id),
+        stage: r.stage,
+        stage_entered_at: Some(ts(r.stage_entered_at)),
+        end_reason: s(r.end_reason),
+        created_by: r.created_by,
+        created_at: Some(ts(r.created_at)),
+        updated_at: Some(ts(r.updated_at)),
+        ended_at: ts_opt(r.ended_at),
+        version: convert::u64_of(r.version),
+        last_position: r.last_position,
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct FrameRow {
-    goal: String,
-    scope: String,
-    kpis: String,
-    stakeholders: String,
-    assumptions: String,
-    constraints: String,
-    confidence: String,
-    clarifying_questions: String,
-    defined_at: DateTime<Utc>,
-}
-
-#[derive(sqlx::FromRow)]
-struct NodeRow {
-    node_id: Uuid,
-    parent_id: Option<Uuid>,
-    level: i32,
-    title: String,
-    hypotheses: String,
-    required_data: String,
-    priority_hint: Option<String>,
-    notes: Option<String>,
-    created_at: DateTime<Utc>,
-    impact: Option<i16>,
-    feasibility: Option<i16>,
-    priority_score: Option<String>,
-    rationale: Option<String>,
-    estimated_hours: Option<i32>,
-    estimated_cost: Option<String>,
-    confidence: Option<String>,
-    is_recommended: Option<bool>,
-    prioritized_at: Option<DateTime<Utc>>,
-}
-
-impl From<NodeRow> for pb::TreeNodeView {
-    fn from(r: NodeRow) -> Self {
-        let priority = match (r.impact, r.feasibility, r.prioritized_at) {
-            (Some(impact), Some(feasibility), Some(at)) => Some(pb::NodePriorityView {
-                impact: convert::u32_of(i64::from(impact)),
-                feasibility: convert::u32_of(i64::from(feasibility)),
-                priority_score: s(r.priority_score),
-                rationale: s(r.rationale),
-                estimated_hours: r.estimated_hours,
-                estimated_cost: s(r.estimated_cost),
-                confidence: s(r.confidence),
-                is_recommended: r.is_recommended.unwrap_or(false),
-                prioritized_at: Some(ts(at)),
-            }),
-            _ => None,
-        };
-        Self {
-            node_id: r.node_id.to_string(),
-            parent_id: convert::id(r.parent_id),
-            level: convert::u32_of(i64::from(r.level)),
-            title: r.title,
-            hypotheses_json: r.hypotheses,
-            required_data_json: r.required_data,
-            priority_hint: s(r.priority_hint),
-            notes: s(r.notes),
-            created_at: Some(ts(r.created_at)),
-            priority,
-        }
-    }
-}
-
-#[derive(sqlx::FromRow)]
-struct RecommendationRow {
-    recommendation_id: Uuid,
-    problem_id: Uuid,
-    title: String,
-    summary: String,
-    evidence: String,
-    actions: String,
-    expected_impact: Option<String>,
-    risks: String,
-    confidence: Option<String>,
-    priority: i16,
-    created_at: DateTime<Utc>,
-}
-
-impl From<RecommendationRow> for pb::RecommendationView {
-    fn from(r: RecommendationRow) -> Self {
-        Self {
-            recommendation_id: r.recommendation_id.to_string(),
-            problem_id: r.problem_id.to_string(),
-            title: r.title,
-            summary: r.summary,
-            evidence_json: r.evidence,
-            actions_json: r.actions,
-            expected_impact_json: s(r.expected_impact),
-            risks_json: r.risks,
+/// A tree node as the API shows it, with its priority if it has one.
+fn node_view(r: NodeRow) -> pb::TreeNodeView {
+    let priority = match (r.impact, r.feasibility, r.prioritized_at) {
+        (Some(impact), Some(feasibility), Some(at)) => Some(pb::NodePriorityView {
+            impact: convert::u32_of(i64::from(impact)),
+            feasibility: convert::u32_of(i64::from(feasibility)),
+            priority_score: s(r.priority_score),
+            rationale: s(r.rationale),
+            estimated_hours: r.estimated_hours,
+            estimated_cost: s(r.estimated_cost),
             confidence: s(r.confidence),
-            priority: convert::u32_of(i64::from(r.priority)),
-            created_at: Some(ts(r.created_at)),
-        }
+            is_recommended: r.is_recommended.unwrap_or(false),
+            prioritized_at: Some(ts(at)),
+        }),
+        _ => None,
+    };
+    pb::TreeNodeView {
+        node_id: r.node_id.to_string(),
+        parent_id: convert::id(r.parent_id),
+        level: convert::u32_of(i64::from(r.level)),
+        title: r.title,
+        hypotheses_json: r.hypotheses,
+        required_data_json: r.required_data,
+        priority_hint: s(r.priority_hint),
+        notes: s(r.notes),
+        created_at: Some(ts(r.created_at)),
+        priority,
+    }
+}
+
+/// A recommendation as the API shows it.
+fn recommendation_view(r: RecommendationRow) -> pb::RecommendationView {
+    pb::RecommendationView {
+        recommendation_id: r.recommendation_id.to_string(),
+        problem_id: r.problem_id.to_string(),
+        title: r.title,
+        summary: r.summary,
+        evidence_json: r.evidence,
+        actions_json: r.actions,
+        expected_impact_json: s(r.expected_impact),
+        risks_json: r.risks,
+        confidence: s(r.confidence),
+        priority: convert::u32_of(i64::from(r.priority)),
+        created_at: Some(ts(r.created_at)),
     }
 }
 
@@ -183,31 +104,20 @@ impl ProblemQueries for QueryService {
             },
             |q, _, id| {
                 Box::pin(async move {
-                    const SQL: &str = concat!(
-                        "SELECT ",
-                        problem_columns!(),
-                        " FROM problems WHERE tenant_id = $1 AND problem_id = $2"
-                    );
-                    let problem: ProblemRow = sqlx::query_as(SQL)
+                    let problem: ProblemRow = sqlx::query_as(GET_PROBLEM)
                         .bind(q.tenant())
                         .bind(id)
                         .fetch_optional(&mut *q.conn)
                         .await?
                         .ok_or_else(|| QueryError::NotFound(format!("problem {id}")))?;
-                    let frame: Option<FrameRow> = sqlx::query_as(
-                        "SELECT goal, scope::text AS scope, kpis::text AS kpis, \
-                                stakeholders::text AS stakeholders, assumptions::text AS assumptions, \
-                                constraints::text AS constraints, confidence, \
-                                clarifying_questions::text AS clarifying_questions, defined_at \
-                           FROM problem_frames WHERE tenant_id = $1 AND problem_id = $2",
-                    )
-                    .bind(q.tenant())
-                    .bind(id)
-                    .fetch_optional(&mut *q.conn)
-                    .await?;
+                    let frame: Option<FrameRow> = sqlx::query_as(GET_FRAME)
+                        .bind(q.tenant())
+                        .bind(id)
+                        .fetch_optional(&mut *q.conn)
+                        .await?;
                     Ok(pb::GetProblemResponse {
                         position: q.position,
-                        problem: Some(problem.into()),
+                        problem: Some(problem_view(problem)),
                         frame: frame.map(|f| pb::ProblemFrameView {
                             goal: f.goal,
                             scope_json: f.scope,
@@ -251,20 +161,7 @@ impl ProblemQueries for QueryService {
             },
             |q, _, (limit, after, stage, urgency, submitter, from, to)| {
                 Box::pin(async move {
-                    const SQL: &str = concat!(
-                        "SELECT ",
-                        problem_columns!(),
-                        " FROM problems \
-                          WHERE tenant_id = $1 \
-                            AND ($2::text IS NULL OR stage = $2) \
-                            AND ($3::text IS NULL OR urgency = $3) \
-                            AND ($4::text IS NULL OR submitter = $4) \
-                            AND ($5::timestamptz IS NULL OR created_at >= $5) \
-                            AND ($6::timestamptz IS NULL OR created_at < $6) \
-                            AND ($7::timestamptz IS NULL OR (created_at, problem_id) < ($7, $8)) \
-                          ORDER BY created_at DESC, problem_id DESC LIMIT $9"
-                    );
-                    let rows: Vec<ProblemRow> = sqlx::query_as(SQL)
+                    let rows: Vec<ProblemRow> = sqlx::query_as(LIST_PROBLEMS)
                         .bind(q.tenant())
                         .bind(stage)
                         .bind(urgency)
@@ -282,7 +179,7 @@ impl ProblemQueries for QueryService {
                     Ok(pb::ListProblemsResponse {
                         position: q.position,
                         next_page_token,
-                        problems: rows.into_iter().map(Into::into).collect(),
+                        problems: rows.into_iter().map(problem_view).collect(),
                     })
                 })
             },
@@ -304,38 +201,24 @@ impl ProblemQueries for QueryService {
             },
             |q, _, id| {
                 Box::pin(async move {
-                    let exists: Option<i32> = sqlx::query_scalar(
-                        "SELECT 1 FROM problems WHERE tenant_id = $1 AND problem_id = $2",
-                    )
-                    .bind(q.tenant())
-                    .bind(id)
-                    .fetch_optional(&mut *q.conn)
-                    .await?;
+                    let exists: Option<i32> = sqlx::query_scalar(PROBLEM_EXISTS)
+                        .bind(q.tenant())
+                        .bind(id)
+                        .fetch_optional(&mut *q.conn)
+                        .await?;
                     if exists.is_none() {
                         return Err(QueryError::NotFound(format!("problem {id}")));
                     }
                     // Nodes and their priorities in one statement (a join, not one query per node).
-                    let rows: Vec<NodeRow> = sqlx::query_as(
-                        "SELECT n.node_id, n.parent_id, n.level, n.title, \
-                                n.hypotheses::text AS hypotheses, n.required_data::text AS required_data, \
-                                n.priority_hint, n.notes, n.created_at, \
-                                p.impact, p.feasibility, p.priority_score::text AS priority_score, \
-                                p.rationale, p.estimated_hours, p.estimated_cost::text AS estimated_cost, \
-                                p.confidence::text AS confidence, p.is_recommended, p.prioritized_at \
-                           FROM problem_tree_nodes n \
-                           LEFT JOIN problem_node_priorities p \
-                                  ON p.node_id = n.node_id AND p.tenant_id = n.tenant_id \
-                          WHERE n.tenant_id = $1 AND n.problem_id = $2 \
-                          ORDER BY n.level, n.created_at, n.node_id LIMIT $3",
-                    )
-                    .bind(q.tenant())
-                    .bind(id)
-                    .bind(MAX_TREE_NODES)
-                    .fetch_all(&mut *q.conn)
-                    .await?;
+                    let rows: Vec<NodeRow> = sqlx::query_as(ISSUE_TREE)
+                        .bind(q.tenant())
+                        .bind(id)
+                        .bind(MAX_TREE_NODES)
+                        .fetch_all(&mut *q.conn)
+                        .await?;
                     Ok(pb::GetIssueTreeResponse {
                         position: q.position,
-                        nodes: rows.into_iter().map(Into::into).collect(),
+                        nodes: rows.into_iter().map(node_view).collect(),
                     })
                 })
             },
@@ -364,24 +247,15 @@ impl ProblemQueries for QueryService {
             },
             |q, _, (id, limit, after)| {
                 Box::pin(async move {
-                    let rows: Vec<RecommendationRow> = sqlx::query_as(
-                        "SELECT recommendation_id, problem_id, title, summary, evidence::text AS evidence, \
-                                actions::text AS actions, expected_impact::text AS expected_impact, \
-                                risks::text AS risks, confidence::text AS confidence, priority, created_at \
-                           FROM problem_recommendations \
-                          WHERE tenant_id = $1 AND problem_id = $2 \
-                            AND ($3::smallint IS NULL \
-                                 OR (priority, created_at, recommendation_id) > ($3, $4, $5)) \
-                          ORDER BY priority, created_at, recommendation_id LIMIT $6",
-                    )
-                    .bind(q.tenant())
-                    .bind(id)
-                    .bind(after.map(|a| i16::try_from(a.0).unwrap_or(i16::MAX)))
-                    .bind(after.map(|a| a.1))
-                    .bind(after.map(|a| a.2))
-                    .bind(limit + 1)
-                    .fetch_all(&mut *q.conn)
-                    .await?;
+                    let rows: Vec<RecommendationRow> = sqlx::query_as(LIST_RECOMMENDATIONS)
+                        .bind(q.tenant())
+                        .bind(id)
+                        .bind(after.map(|a| i16::try_from(a.0).unwrap_or(i16::MAX)))
+                        .bind(after.map(|a| a.1))
+                        .bind(after.map(|a| a.2))
+                        .bind(limit + 1)
+                        .fetch_all(&mut *q.conn)
+                        .await?;
                     let (rows, next_page_token) = paginate(rows, limit, RPC, |r| {
                         vec![
                             r.priority.to_string(),
@@ -392,7 +266,7 @@ impl ProblemQueries for QueryService {
                     Ok(pb::ListRecommendationsResponse {
                         position: q.position,
                         next_page_token,
-                        recommendations: rows.into_iter().map(Into::into).collect(),
+                        recommendations: rows.into_iter().map(recommendation_view).collect(),
                     })
                 })
             },

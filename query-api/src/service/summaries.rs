@@ -1,7 +1,12 @@
 //! `SummaryQueries`: the summaries maintained by the projections.
 
 use aggregates::problem::ProblemStage;
-use chrono::{DateTime, NaiveDate, Utc};
+use projections::models::governance::reads::{LIST_APPROVAL_RATES, RateRow};
+use projections::models::problems::reads::{PROBLEM_PIPELINE, StageRow};
+use projections::models::sessions::reads::{
+    ActivityRow, CostRow, LIST_DAILY_COSTS, LIST_USER_ACTIVITY,
+};
+use projections::models::tasks::reads::{LIST_TASK_SUMMARIES, TaskSummaryRow};
 use schemas::v1 as pb;
 use schemas::v1::summary_queries_server::SummaryQueries;
 use tonic::{Request, Response, Status};
@@ -10,53 +15,6 @@ use super::QueryService;
 use crate::convert::{self, s, ts};
 use crate::cursor::{Cursor, page_size, paginate};
 use crate::reader::Model;
-
-#[derive(sqlx::FromRow)]
-struct StageRow {
-    stage: String,
-    problem_count: i64,
-    exited_count: i64,
-    total_seconds_in_stage: String,
-    mean_seconds_in_stage: Option<String>,
-}
-
-#[derive(sqlx::FromRow)]
-struct TaskSummaryRow {
-    owner: String,
-    active_count: i64,
-    completed_count: i64,
-    deleted_count: i64,
-    overdue_count: i64,
-    completion_rate: Option<String>,
-}
-
-#[derive(sqlx::FromRow)]
-struct ActivityRow {
-    user_ref: String,
-    session_count: i64,
-    total_cost: String,
-    mean_cost_per_session: Option<String>,
-    last_session_at: DateTime<Utc>,
-}
-
-#[derive(sqlx::FromRow)]
-struct RateRow {
-    day: NaiveDate,
-    framework_type: String,
-    event_type: String,
-    decision_count: i64,
-    approved_count: i64,
-    approval_rate: Option<String>,
-}
-
-#[derive(sqlx::FromRow)]
-struct CostRow {
-    day: NaiveDate,
-    user_ref: String,
-    total_cost: String,
-    cost_events: i64,
-    tokens_used: i64,
-}
 
 #[tonic::async_trait]
 impl SummaryQueries for QueryService {
@@ -71,15 +29,10 @@ impl SummaryQueries for QueryService {
             |_, _| Ok(()),
             |q, _, ()| {
                 Box::pin(async move {
-                    let mut rows: Vec<StageRow> = sqlx::query_as(
-                        "SELECT stage, problem_count, exited_count, \
-                                total_seconds_in_stage::text AS total_seconds_in_stage, \
-                                mean_seconds_in_stage::text AS mean_seconds_in_stage \
-                           FROM problem_pipeline WHERE tenant_id = $1",
-                    )
-                    .bind(q.tenant())
-                    .fetch_all(&mut *q.conn)
-                    .await?;
+                    let mut rows: Vec<StageRow> = sqlx::query_as(PROBLEM_PIPELINE)
+                        .bind(q.tenant())
+                        .fetch_all(&mut *q.conn)
+                        .await?;
                     // Pipeline order, not alphabetical: the order of the domain's stage list.
                     let order = |stage: &str| {
                         ProblemStage::ALL
@@ -131,22 +84,15 @@ impl SummaryQueries for QueryService {
             },
             |q, _, (limit, after, owner)| {
                 Box::pin(async move {
-                    let rows: Vec<TaskSummaryRow> = sqlx::query_as(
-                        "SELECT owner, active_count, completed_count, deleted_count, overdue_count, \
-                                completion_rate::text AS completion_rate \
-                           FROM task_user_summary_view \
-                          WHERE tenant_id = $1 \
-                            AND ($2::text IS NULL OR owner = $2) \
-                            AND ($3::text IS NULL OR owner > $3) \
-                          ORDER BY owner LIMIT $4",
-                    )
-                    .bind(q.tenant())
-                    .bind(owner)
-                    .bind(after)
-                    .bind(limit + 1)
-                    .fetch_all(&mut *q.conn)
-                    .await?;
-                    let (rows, next_page_token) = paginate(rows, limit, RPC, |r| vec![r.owner.clone()]);
+                    let rows: Vec<TaskSummaryRow> = sqlx::query_as(LIST_TASK_SUMMARIES)
+                        .bind(q.tenant())
+                        .bind(owner)
+                        .bind(after)
+                        .bind(limit + 1)
+                        .fetch_all(&mut *q.conn)
+                        .await?;
+                    let (rows, next_page_token) =
+                        paginate(rows, limit, RPC, |r| vec![r.owner.clone()]);
                     Ok(pb::ListTaskSummariesResponse {
                         position: q.position,
                         next_page_token,
@@ -188,22 +134,15 @@ impl SummaryQueries for QueryService {
             },
             |q, _, (limit, after, user)| {
                 Box::pin(async move {
-                    let rows: Vec<ActivityRow> = sqlx::query_as(
-                        "SELECT user_ref, session_count, total_cost::text AS total_cost, \
-                                mean_cost_per_session::text AS mean_cost_per_session, last_session_at \
-                           FROM user_activity_view \
-                          WHERE tenant_id = $1 \
-                            AND ($2::text IS NULL OR user_ref = $2) \
-                            AND ($3::text IS NULL OR user_ref > $3) \
-                          ORDER BY user_ref LIMIT $4",
-                    )
-                    .bind(q.tenant())
-                    .bind(user)
-                    .bind(after)
-                    .bind(limit + 1)
-                    .fetch_all(&mut *q.conn)
-                    .await?;
-                    let (rows, next_page_token) = paginate(rows, limit, RPC, |r| vec![r.user_ref.clone()]);
+                    let rows: Vec<ActivityRow> = sqlx::query_as(LIST_USER_ACTIVITY)
+                        .bind(q.tenant())
+                        .bind(user)
+                        .bind(after)
+                        .bind(limit + 1)
+                        .fetch_all(&mut *q.conn)
+                        .await?;
+                    let (rows, next_page_token) =
+                        paginate(rows, limit, RPC, |r| vec![r.user_ref.clone()]);
                     Ok(pb::ListUserActivityResponse {
                         position: q.position,
                         next_page_token,
@@ -247,29 +186,18 @@ impl SummaryQueries for QueryService {
             },
             |q, _, (limit, after, day_from, day_to, framework, event_type)| {
                 Box::pin(async move {
-                    let rows: Vec<RateRow> = sqlx::query_as(
-                        "SELECT day, framework_type, event_type, decision_count, approved_count, \
-                                approval_rate::text AS approval_rate \
-                           FROM governance_approval_rates \
-                          WHERE tenant_id = $1 \
-                            AND ($2::date IS NULL OR day >= $2) \
-                            AND ($3::date IS NULL OR day <= $3) \
-                            AND ($4::text IS NULL OR framework_type = $4) \
-                            AND ($5::text IS NULL OR event_type = $5) \
-                            AND ($6::date IS NULL OR (day, framework_type, event_type) > ($6, $7, $8)) \
-                          ORDER BY day, framework_type, event_type LIMIT $9",
-                    )
-                    .bind(q.tenant())
-                    .bind(day_from)
-                    .bind(day_to)
-                    .bind(framework)
-                    .bind(event_type)
-                    .bind(after.as_ref().map(|a| a.0))
-                    .bind(after.as_ref().map(|a| a.1.clone()))
-                    .bind(after.as_ref().map(|a| a.2.clone()))
-                    .bind(limit + 1)
-                    .fetch_all(&mut *q.conn)
-                    .await?;
+                    let rows: Vec<RateRow> = sqlx::query_as(LIST_APPROVAL_RATES)
+                        .bind(q.tenant())
+                        .bind(day_from)
+                        .bind(day_to)
+                        .bind(framework)
+                        .bind(event_type)
+                        .bind(after.as_ref().map(|a| a.0))
+                        .bind(after.as_ref().map(|a| a.1.clone()))
+                        .bind(after.as_ref().map(|a| a.2.clone()))
+                        .bind(limit + 1)
+                        .fetch_all(&mut *q.conn)
+                        .await?;
                     let (rows, next_page_token) = paginate(rows, limit, RPC, |r| {
                         vec![
                             r.day.to_string(),
@@ -320,25 +248,16 @@ impl SummaryQueries for QueryService {
             },
             |q, _, (limit, after, day_from, day_to, user)| {
                 Box::pin(async move {
-                    let rows: Vec<CostRow> = sqlx::query_as(
-                        "SELECT day, user_ref, total_cost::text AS total_cost, cost_events, tokens_used \
-                           FROM cost_daily \
-                          WHERE tenant_id = $1 \
-                            AND ($2::date IS NULL OR day >= $2) \
-                            AND ($3::date IS NULL OR day <= $3) \
-                            AND ($4::text IS NULL OR user_ref = $4) \
-                            AND ($5::date IS NULL OR (day, user_ref) > ($5, $6)) \
-                          ORDER BY day, user_ref LIMIT $7",
-                    )
-                    .bind(q.tenant())
-                    .bind(day_from)
-                    .bind(day_to)
-                    .bind(user)
-                    .bind(after.as_ref().map(|a| a.0))
-                    .bind(after.as_ref().map(|a| a.1.clone()))
-                    .bind(limit + 1)
-                    .fetch_all(&mut *q.conn)
-                    .await?;
+                    let rows: Vec<CostRow> = sqlx::query_as(LIST_DAILY_COSTS)
+                        .bind(q.tenant())
+                        .bind(day_from)
+                        .bind(day_to)
+                        .bind(user)
+                        .bind(after.as_ref().map(|a| a.0))
+                        .bind(after.as_ref().map(|a| a.1.clone()))
+                        .bind(limit + 1)
+                        .fetch_all(&mut *q.conn)
+                        .await?;
                     let (rows, next_page_token) = paginate(rows, limit, RPC, |r| {
                         vec![r.day.to_string(), r.user_ref.clone()]
                     });

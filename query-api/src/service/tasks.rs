@@ -1,11 +1,14 @@
 //! `TaskQueries`: tasks (overdue derived at read time) and reminders.
 
 use aggregates::task::TaskStatus;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
+use projections::models::tasks::reads::{
+    GET_TASK, LIST_DUE_REMINDERS, LIST_TASKS, ReminderRow, TASK_REMINDERS, TASK_REMINDERS_WALLED,
+    TaskAt, TaskRow, get_task_at, get_task_at_walled,
+};
 use schemas::v1 as pb;
 use schemas::v1::task_queries_server::TaskQueries;
 use tonic::{Request, Response, Status};
-use uuid::Uuid;
 
 use super::QueryService;
 use crate::convert::{self, s, spellings, ts, ts_opt};
@@ -16,158 +19,55 @@ use crate::reader::{Model, typed_position};
 /// Most reminders returned with one task (a task keeps every reminder ever scheduled).
 const MAX_TASK_REMINDERS: i64 = 500;
 
-#[derive(sqlx::FromRow)]
-struct TaskRow {
-    task_id: Uuid,
-    owner: String,
-    title: String,
-    description: Option<String>,
-    due_date: Option<DateTime<Utc>>,
-    priority: Option<String>,
-    tags: Vec<String>,
-    reminder_config: Option<String>,
-    recurrence: Option<String>,
-    parent_task_id: Option<Uuid>,
-    occurrence: i32,
-    status: String,
-    overdue: bool,
-    created_by: String,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-    completed_at: Option<DateTime<Utc>>,
-    deleted_at: Option<DateTime<Utc>>,
-    version: i64,
-    last_position: i64,
-}
-
-// Overdue is time-dependent, so it is computed by the statement (like the `overdue_tasks` view).
-macro_rules! task_columns {
-    () => {
-        "task_id, owner, title, description, due_date, priority, tags, \
-         reminder_config::text AS reminder_config, recurrence::text AS recurrence, \
-         parent_task_id, occurrence, status, \
-         (status = 'active' AND due_date IS NOT NULL AND due_date < now()) AS overdue, \
-         created_by, created_at, updated_at, completed_at, deleted_at, version, last_position"
-    };
-}
-
-impl From<TaskRow> for pb::TaskView {
-    fn from(r: TaskRow) -> Self {
-        Self {
-            task_id: r.task_id.to_string(),
-            owner: r.owner,
-            title: r.title,
-            description: s(r.description),
-            due_date: ts_opt(r.due_date),
-            priority: s(r.priority),
-            tags: r.tags,
-            reminder_config_json: s(r.reminder_config),
-            recurrence_json: s(r.recurrence),
-            parent_task_id: convert::id(r.parent_task_id),
-            occurrence: convert::u32_of(i64::from(r.occurrence)),
-            status: r.status,
-            overdue: r.overdue,
-            created_by: r.created_by,
-            created_at: Some(ts(r.created_at)),
-            updated_at: Some(ts(r.updated_at)),
-            completed_at: ts_opt(r.completed_at),
-            deleted_at: ts_opt(r.deleted_at),
-            version: convert::u64_of(r.version),
-            last_position: r.last_position,
-        }
+/// A task as the API shows it.
+fn task_view(r: TaskRow) -> pb::TaskView {
+    pb::TaskView {
+        task_id: r.task_id.to_string(),
+        owner: r.owner,
+        title: r.title,
+        description: s(r.description),
+        due_date: ts_opt(r.due_date),
+        priority: s(r.priority),
+        tags: r.tags,
+        reminder_config_json: s(r.reminder_config),
+        recurrence_json: s(r.recurrence),
+        parent_task_id: convert::id(r.parent_task_id),
+        occurrence: convert::u32_of(i64::from(r.occurrence)),
+        status: r.status,
+        overdue: r.overdue,
+        created_by: r.created_by,
+        created_at: Some(ts(r.created_at)),
+        updated_at: Some(ts(r.updated_at)),
+        completed_at: ts_opt(r.completed_at),
+        deleted_at: ts_opt(r.deleted_at),
+        version: convert::u64_of(r.version),
+        last_position: r.last_position,
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct ReminderRow {
-    reminder_id: Uuid,
-    task_id: Uuid,
-    owner: String,
-    trigger_time: DateTime<Utc>,
-    delivery_method: String,
-    destination: String,
-    status: String,
-    is_current: bool,
-    retry_count: i16,
-    last_error: Option<String>,
-    sent_at: Option<DateTime<Utc>>,
-    scheduled_at: DateTime<Utc>,
-}
-
-macro_rules! reminder_columns {
-    () => {
-        "reminder_id, task_id, owner, trigger_time, delivery_method, destination, status, \
-         is_current, retry_count, last_error, sent_at, scheduled_at"
-    };
-}
-
-impl From<ReminderRow> for pb::ReminderView {
-    fn from(r: ReminderRow) -> Self {
-        Self {
-            reminder_id: r.reminder_id.to_string(),
-            task_id: r.task_id.to_string(),
-            owner: r.owner,
-            trigger_time: Some(ts(r.trigger_time)),
-            delivery_method: r.delivery_method,
-            destination: r.destination,
-            status: r.status,
-            is_current: r.is_current,
-            retry_count: convert::u32_of(i64::from(r.retry_count)),
-            last_error: s(r.last_error),
-            sent_at: ts_opt(r.sent_at),
-            scheduled_at: Some(ts(r.scheduled_at)),
-        }
+/// A reminder as the API shows it.
+fn reminder_view(r: ReminderRow) -> pb::ReminderView {
+    pb::ReminderView {
+        reminder_id: r.reminder_id.to_string(),
+        task_id: r.task_id.to_string(),
+        owner: r.owner,
+        trigger_time: Some(ts(r.trigger_time)),
+        delivery_method: r.delivery_method,
+        destination: r.destination,
+        status: r.status,
+        is_current: r.is_current,
+        retry_count: convert::u32_of(i64::from(r.retry_count)),
+        last_error: s(r.last_error),
+        sent_at: ts_opt(r.sent_at),
+        scheduled_at: Some(ts(r.scheduled_at)),
     }
 }
 
-/// A task with the position it reflects, read together.
-#[derive(sqlx::FromRow)]
-struct TaskAt {
-    position: i64,
-    #[sqlx(flatten)]
-    task: TaskRow,
-}
-
-/// GetTask's one statement behind the second wall: the position (`$1` checkpoint, `$2` types,
-/// read first with the service's own privileges) and the row through `annals_read_task`, which
-/// raises the wall before it plans its query (migration `20261202000300`).
-const GET_TASK_AT_WALLED: &str = concat!(
-    "WITH pos AS MATERIALIZED (",
-    typed_position!(),
-    ") SELECT coalesce(pos.p, 0) AS position, ",
-    task_columns!(),
-    " FROM pos, LATERAL annals_read_task($3, $4) AS t"
-);
+/// GetTask's one statement behind the second wall (see [`get_task_at_walled!`]).
+const GET_TASK_AT_WALLED: &str = get_task_at_walled!(typed_position!());
 
 /// GetTask's one statement without the second wall.
-const GET_TASK_AT: &str = concat!(
-    "WITH pos AS MATERIALIZED (",
-    typed_position!(),
-    ") SELECT coalesce(pos.p, 0) AS position, ",
-    task_columns!(),
-    " FROM pos, tasks WHERE tenant_id = $3 AND task_id = $4"
-);
-
-/// A task's reminders behind the second wall, without a transaction.
-const TASK_REMINDERS_WALLED: &str = concat!(
-    "SELECT ",
-    reminder_columns!(),
-    " FROM annals_read_task_reminders($1, $2, $3) \
-      ORDER BY scheduled_at DESC, reminder_id DESC"
-);
-
-const GET_TASK: &str = concat!(
-    "SELECT ",
-    task_columns!(),
-    " FROM tasks WHERE tenant_id = $1 AND task_id = $2"
-);
-
-const TASK_REMINDERS: &str = concat!(
-    "SELECT ",
-    reminder_columns!(),
-    " FROM task_reminders WHERE tenant_id = $1 AND task_id = $2 \
-      ORDER BY scheduled_at DESC, reminder_id DESC LIMIT $3"
-);
+const GET_TASK_AT: &str = get_task_at!(typed_position!());
 
 #[tonic::async_trait]
 impl TaskQueries for QueryService {
@@ -211,8 +111,8 @@ impl TaskQueries for QueryService {
                         .await?;
                     Ok(Some(pb::GetTaskResponse {
                         position: found.position,
-                        task: Some(found.task.into()),
-                        reminders: reminders.into_iter().map(Into::into).collect(),
+                        task: Some(task_view(found.task)),
+                        reminders: reminders.into_iter().map(reminder_view).collect(),
                     }))
                 })
             },
@@ -232,8 +132,8 @@ impl TaskQueries for QueryService {
                         .await?;
                     Ok(pb::GetTaskResponse {
                         position: q.position,
-                        task: Some(task.into()),
-                        reminders: reminders.into_iter().map(Into::into).collect(),
+                        task: Some(task_view(task)),
+                        reminders: reminders.into_iter().map(reminder_view).collect(),
                     })
                 })
             },
@@ -266,21 +166,7 @@ impl TaskQueries for QueryService {
             },
             |q, req, (limit, after, owner, status, tag, from, to)| {
                 Box::pin(async move {
-                    const SQL: &str = concat!(
-                        "SELECT ",
-                        task_columns!(),
-                        " FROM tasks \
-                          WHERE tenant_id = $1 \
-                            AND ($2::text IS NULL OR owner = $2) \
-                            AND ($3::text IS NULL OR status = $3) \
-                            AND ($4::text IS NULL OR tags @> ARRAY[$4::text]) \
-                            AND ($5::timestamptz IS NULL OR due_date >= $5) \
-                            AND ($6::timestamptz IS NULL OR due_date < $6) \
-                            AND (NOT $7 OR (status = 'active' AND due_date < now())) \
-                            AND ($8::timestamptz IS NULL OR (created_at, task_id) < ($8, $9)) \
-                          ORDER BY created_at DESC, task_id DESC LIMIT $10"
-                    );
-                    let rows: Vec<TaskRow> = sqlx::query_as(SQL)
+                    let rows: Vec<TaskRow> = sqlx::query_as(LIST_TASKS)
                         .bind(q.tenant())
                         .bind(owner)
                         .bind(status)
@@ -299,7 +185,7 @@ impl TaskQueries for QueryService {
                     Ok(pb::ListTasksResponse {
                         position: q.position,
                         next_page_token,
-                        tasks: rows.into_iter().map(Into::into).collect(),
+                        tasks: rows.into_iter().map(task_view).collect(),
                     })
                 })
             },
@@ -330,17 +216,7 @@ impl TaskQueries for QueryService {
             },
             |q, _, (limit, after, due_before, owner)| {
                 Box::pin(async move {
-                    const SQL: &str = concat!(
-                        "SELECT ",
-                        reminder_columns!(),
-                        " FROM task_reminders \
-                          WHERE tenant_id = $1 AND status = 'pending' AND is_current \
-                            AND trigger_time <= $2 \
-                            AND ($3::text IS NULL OR owner = $3) \
-                            AND ($4::timestamptz IS NULL OR (trigger_time, reminder_id) > ($4, $5)) \
-                          ORDER BY trigger_time, reminder_id LIMIT $6"
-                    );
-                    let rows: Vec<ReminderRow> = sqlx::query_as(SQL)
+                    let rows: Vec<ReminderRow> = sqlx::query_as(LIST_DUE_REMINDERS)
                         .bind(q.tenant())
                         .bind(due_before)
                         .bind(owner)
@@ -355,7 +231,7 @@ impl TaskQueries for QueryService {
                     Ok(pb::ListDueRemindersResponse {
                         position: q.position,
                         next_page_token,
-                        reminders: rows.into_iter().map(Into::into).collect(),
+                        reminders: rows.into_iter().map(reminder_view).collect(),
                     })
                 })
             },
