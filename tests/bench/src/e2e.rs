@@ -276,6 +276,45 @@ async fn spawn(
     Ok(server)
 }
 
+/// `annals-command-api serve` on free loopback ports, with `extra` flags.
+async fn command_api(bins: &Binaries, url: &str, extra: &[String]) -> anyhow::Result<Server> {
+    let (addr, metrics) = (free_addr()?, free_addr()?);
+    let mut args = vec![
+        "serve".into(),
+        "--listen".into(),
+        addr.to_string(),
+        "--metrics-listen".into(),
+        metrics.to_string(),
+    ];
+    args.extend_from_slice(extra);
+    spawn("annals-command-api", &bins.command_api, &args, url, addr).await
+}
+
+/// `annals-projections run` with `extra` flags; ready once its metrics port answers.
+async fn projections_worker(
+    bins: &Binaries,
+    url: &str,
+    extra: &[String],
+) -> anyhow::Result<Server> {
+    let metrics = free_addr()?;
+    let mut args = vec!["run".into(), "--metrics-addr".into(), metrics.to_string()];
+    args.extend_from_slice(extra);
+    spawn("annals-projections", &bins.projections, &args, url, metrics).await
+}
+
+/// `annals-query-api serve` on free loopback ports.
+async fn query_api(bins: &Binaries, url: &str) -> anyhow::Result<Server> {
+    let (addr, metrics) = (free_addr()?, free_addr()?);
+    let args = [
+        "serve".into(),
+        "--listen".into(),
+        addr.to_string(),
+        "--metrics-listen".into(),
+        metrics.to_string(),
+    ];
+    spawn("annals-query-api", &bins.query_api, &args, url, addr).await
+}
+
 /// A `/proc/<pid>/status` field in MiB (Linux), e.g. `VmHWM` (peak) or `VmRSS` (current).
 fn status_mib(pid: u32, field: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -352,51 +391,9 @@ pub async fn run(
     let service_token = Arc::new(create_token(&bins.command_api, &url, TENANT, "service")?);
     let auditor_token = create_token(&bins.command_api, &url, EXPORT_TENANT, "auditor")?;
     let pool_size = 32;
-    let (command_addr, command_metrics) = (free_addr()?, free_addr()?);
-    let command = spawn(
-        "annals-command-api",
-        &bins.command_api,
-        &[
-            "serve".into(),
-            "--listen".into(),
-            command_addr.to_string(),
-            "--metrics-listen".into(),
-            command_metrics.to_string(),
-            "--pool-size".into(),
-            pool_size.to_string(),
-        ],
-        &url,
-        command_addr,
-    )
-    .await?;
-    let projections_metrics = free_addr()?;
-    let projections = spawn(
-        "annals-projections",
-        &bins.projections,
-        &[
-            "run".into(),
-            "--metrics-addr".into(),
-            projections_metrics.to_string(),
-        ],
-        &url,
-        projections_metrics,
-    )
-    .await?;
-    let (query_addr, query_metrics) = (free_addr()?, free_addr()?);
-    let query = spawn(
-        "annals-query-api",
-        &bins.query_api,
-        &[
-            "serve".into(),
-            "--listen".into(),
-            query_addr.to_string(),
-            "--metrics-listen".into(),
-            query_metrics.to_string(),
-        ],
-        &url,
-        query_addr,
-    )
-    .await?;
+    let command = command_api(bins, &url, &["--pool-size".into(), pool_size.to_string()]).await?;
+    let projections = projections_worker(bins, &url, &[]).await?;
+    let query = query_api(bins, &url).await?;
     let stack = Stack {
         command,
         projections,
@@ -528,21 +525,7 @@ pub async fn kafka_lag(
     let url = db::url(options);
     let service_token = Arc::new(create_token(&bins.command_api, &url, TENANT, "service")?);
     let prefix = format!("annals-bench-{}.", Uuid::now_v7().simple());
-    let (command_addr, command_metrics) = (free_addr()?, free_addr()?);
-    let command = spawn(
-        "annals-command-api",
-        &bins.command_api,
-        &[
-            "serve".into(),
-            "--listen".into(),
-            command_addr.to_string(),
-            "--metrics-listen".into(),
-            command_metrics.to_string(),
-        ],
-        &url,
-        command_addr,
-    )
-    .await?;
+    let command = command_api(bins, &url, &[]).await?;
     let relay_metrics = free_addr()?;
     let relay = spawn(
         "annals-relay",
@@ -559,40 +542,20 @@ pub async fn kafka_lag(
         relay_metrics,
     )
     .await?;
-    let projections_metrics = free_addr()?;
-    let projections = spawn(
-        "annals-projections",
-        &bins.projections,
+    let projections = projections_worker(
+        bins,
+        &url,
         &[
-            "run".into(),
             "--kafka-bootstrap".into(),
             bootstrap.into(),
             "--topic-prefix".into(),
             prefix.clone(),
             "--group-prefix".into(),
             format!("{prefix}projections."),
-            "--metrics-addr".into(),
-            projections_metrics.to_string(),
         ],
-        &url,
-        projections_metrics,
     )
     .await?;
-    let (query_addr, query_metrics) = (free_addr()?, free_addr()?);
-    let query = spawn(
-        "annals-query-api",
-        &bins.query_api,
-        &[
-            "serve".into(),
-            "--listen".into(),
-            query_addr.to_string(),
-            "--metrics-listen".into(),
-            query_metrics.to_string(),
-        ],
-        &url,
-        query_addr,
-    )
-    .await?;
+    let query = query_api(bins, &url).await?;
     let stack = Stack {
         command,
         projections,
