@@ -44,15 +44,20 @@ pub fn event_hash(prev: &[u8; 32], event: &RecordedEvent) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// Hash of a request, used as the idempotency fingerprint of a batch; `metadata` is the batch's
-/// metadata as stored.
-pub(crate) fn fingerprint(batch: &crate::types::AppendBatch, metadata: &str) -> [u8; 32] {
+/// Hash of a request, used as the idempotency fingerprint of a batch; `metadata` and `payloads`
+/// (every event's, in batch order) are the texts as stored, serialised once by the caller.
+pub(crate) fn fingerprint(
+    batch: &crate::types::AppendBatch,
+    metadata: &str,
+    payloads: &[String],
+) -> [u8; 32] {
     let mut h = Sha256::new();
     // v2: the tenant and the metadata (actor, correlation, causation, client) are part of "the
     // same request", so a command id reused by another tenant or actor is refused, not replayed.
     h.update(b"annals.request.v2");
     put_str(&mut h, &batch.metadata.tenant);
     put_str(&mut h, metadata);
+    let mut payloads = payloads.iter();
     for s in &batch.streams {
         put_str(&mut h, s.stream_id.as_str());
         put_str(&mut h, &s.stream_type);
@@ -61,7 +66,7 @@ pub(crate) fn fingerprint(batch: &crate::types::AppendBatch, metadata: &str) -> 
         for e in &s.events {
             put_str(&mut h, &e.event_type);
             h.update(e.schema_version.to_be_bytes());
-            put_str(&mut h, &e.payload.to_string());
+            put_str(&mut h, payloads.next().map_or("", String::as_str));
         }
     }
     h.finalize().into()

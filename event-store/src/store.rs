@@ -420,11 +420,8 @@ fn prepare(batch: &AppendBatch) -> Result<Prepared, StoreError> {
         })?;
     let mut prepared = Prepared {
         command_id: batch.command_id,
-        fingerprint: batch.command_id.map(|_| {
-            batch
-                .fingerprint
-                .unwrap_or_else(|| hash::fingerprint(batch, &metadata))
-        }),
+        // Filled in below, once the payloads are serialised.
+        fingerprint: None,
         tenant: batch.metadata.tenant.clone(),
         bytes: metadata.len(),
         metadata,
@@ -478,6 +475,11 @@ fn prepare(batch: &AppendBatch) -> Result<Prepared, StoreError> {
             prepared.ev_schema_versions.push(schema_version);
             prepared.ev_payloads.push(payload);
         }
+    }
+    if batch.command_id.is_some() {
+        prepared.fingerprint = Some(batch.fingerprint.unwrap_or_else(|| {
+            hash::fingerprint(batch, &prepared.metadata, &prepared.ev_payloads)
+        }));
     }
     Ok(prepared)
 }
