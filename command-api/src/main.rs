@@ -38,12 +38,19 @@ struct DbArgs {
         long,
         env = "DATABASE_URL",
         global = true,
-        default_value = "postgres://annals:annals@127.0.0.1:5432/annals"
+        default_value = "postgres://annals_app:annals_app@127.0.0.1:5432/annals"
     )]
     database_url: String,
     /// Connections in the pool.
     #[arg(long, env = "ANNALS_DB_POOL_SIZE", global = true, default_value_t = 16)]
     pool_size: u32,
+    /// Apply the migrations first, over this URL (the tables' owner; see README, Roles).
+    #[arg(long, env = "ANNALS_MIGRATE_URL", global = true)]
+    migrate_url: Option<String>,
+    /// Accept a superuser or the tables' owner as the service login (development only: such a
+    /// login could rewrite stored history).
+    #[arg(long, env = "ANNALS_ALLOW_OWNER", global = true)]
+    allow_owner: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -144,9 +151,13 @@ async fn main() -> anyhow::Result<()> {
         .connect(&cli.db.database_url)
         .await
         .context("connecting to Postgres")?;
-    event_store::migrate(&pool)
+    let access = event_store::ServiceAccess {
+        migrate_url: cli.db.migrate_url.clone(),
+        allow_owner: cli.db.allow_owner,
+    };
+    event_store::prepare_service(&pool, &access)
         .await
-        .context("applying migrations")?;
+        .context("preparing the database (--allow-owner accepts an owner login)")?;
     let tokens = TokenStore::new(pool.clone());
     match cli.command {
         Command::Serve(args) => serve(args, EventStore::new(pool), tokens).await,

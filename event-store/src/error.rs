@@ -60,6 +60,29 @@ pub enum StoreError {
     #[error("an event id of this batch already exists")]
     DuplicateEventId,
 
+    /// A service connected as a login that could rewrite history (a superuser or the owner
+    /// of the event tables) without being allowed to.
+    #[error(
+        "connected to Postgres as {role}, a superuser or owner of the event tables, which could \
+         rewrite stored history; services connect as a member of annals_service"
+    )]
+    PrivilegedLogin {
+        /// The login.
+        role: String,
+    },
+
+    /// The database's schema is older than this build: its migrations have not run yet.
+    #[error(
+        "the database schema is at migration {applied}, this build needs {required}: run the \
+         migrations as the owner first"
+    )]
+    SchemaBehind {
+        /// Newest migration applied (0 = none).
+        applied: i64,
+        /// Newest migration of this build.
+        required: i64,
+    },
+
     /// Stored data could not be decoded (a bug or tampering; the verifier tells which).
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),

@@ -81,6 +81,7 @@ pub mod aggregate;
 pub mod error;
 pub mod hash;
 mod notify;
+pub mod roles;
 mod store;
 mod subscription;
 pub mod types;
@@ -91,6 +92,7 @@ pub mod writer;
 
 pub use error::StoreError;
 pub use notify::Waker;
+pub use roles::{ConnectionRole, ServiceAccess, connection_role, prepare_service};
 pub use store::{EventStore, PositionEpoch, load_checkpoint, save_checkpoint};
 pub use subscription::{NOTIFY_CHANNEL, Subscription, SubscriptionOptions};
 pub use types::{

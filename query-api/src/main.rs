@@ -25,19 +25,26 @@ struct Cli {
         long,
         env = "DATABASE_URL",
         global = true,
-        default_value = "postgres://annals:annals@127.0.0.1:5432/annals"
+        default_value = "postgres://annals_app:annals_app@127.0.0.1:5432/annals"
     )]
     database_url: String,
     /// Connections in the pool.
     #[arg(long, env = "ANNALS_DB_POOL_SIZE", global = true, default_value_t = 16)]
     pool_size: u32,
+    /// Apply the migrations first, over this URL (the tables' owner; see README, Roles).
+    #[arg(long, env = "ANNALS_MIGRATE_URL", global = true)]
+    migrate_url: Option<String>,
+    /// Accept a superuser or the tables' owner as the service login (development only: such a
+    /// login could rewrite stored history).
+    #[arg(long, env = "ANNALS_ALLOW_OWNER", global = true)]
+    allow_owner: bool,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve the gRPC query API (applies migrations first).
+    /// Serve the gRPC query API.
     Serve(ServeArgs),
 }
 
@@ -99,9 +106,13 @@ async fn main() -> anyhow::Result<()> {
         .connect(&cli.database_url)
         .await
         .context("connecting to Postgres")?;
-    event_store::migrate(&pool)
+    let access = event_store::ServiceAccess {
+        migrate_url: cli.migrate_url.clone(),
+        allow_owner: cli.allow_owner,
+    };
+    event_store::prepare_service(&pool, &access)
         .await
-        .context("applying migrations")?;
+        .context("preparing the database (--allow-owner accepts an owner login)")?;
     match cli.command {
         Command::Serve(args) => serve(args, pool).await,
     }

@@ -3,6 +3,7 @@
 //! ```text
 //! annals run                                  # command API :50051, query API :50052, metrics :9464
 //! annals run --kafka-bootstrap 127.0.0.1:9092 # also relay to Kafka; projections consume topics
+//! annals migrate                              # as the tables' owner (see the README, Roles)
 //! annals store rebase-positions               # after a logical restore (see the README)
 //! ```
 //!
@@ -32,16 +33,24 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Parser)]
 #[command(name = "annals", version, about)]
 struct Cli {
-    /// Postgres holding the event store and the read models.
+    /// Postgres holding the event store and the read models. `run` connects as the services'
+    /// login; `migrate` and `store` verbs as the tables' owner.
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "postgres://annals:annals@127.0.0.1:5432/annals"
+        default_value = "postgres://annals_app:annals_app@127.0.0.1:5432/annals"
     )]
     database_url: String,
     /// Connections in the pool shared by every part.
     #[arg(long, env = "ANNALS_DB_POOL_SIZE", default_value_t = 32)]
     pool_size: u32,
+    /// `run`: apply the migrations first, over this URL (the tables' owner; see README, Roles).
+    #[arg(long, env = "ANNALS_MIGRATE_URL")]
+    migrate_url: Option<String>,
+    /// `run`: accept a superuser or the tables' owner as the service login (development only:
+    /// such a login could rewrite stored history).
+    #[arg(long, env = "ANNALS_ALLOW_OWNER")]
+    allow_owner: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -50,6 +59,8 @@ struct Cli {
 enum Command {
     /// Run command API, projections, query API (and the relay with Kafka) until SIGINT/SIGTERM.
     Run(RunArgs),
+    /// Apply the migrations (connect as the tables' owner) and exit.
+    Migrate,
     /// Event store maintenance.
     #[command(subcommand)]
     Store(StoreCommand),
@@ -108,12 +119,30 @@ async fn main() -> anyhow::Result<()> {
         .connect(&cli.database_url)
         .await
         .context("connecting to Postgres")?;
-    event_store::migrate(&pool)
-        .await
-        .context("applying migrations")?;
     match cli.command {
-        Command::Run(args) => run(args, pool).await,
+        Command::Run(args) => {
+            let access = event_store::ServiceAccess {
+                migrate_url: cli.migrate_url,
+                allow_owner: cli.allow_owner,
+            };
+            let role = event_store::prepare_service(&pool, &access)
+                .await
+                .context("preparing the database (--allow-owner accepts an owner login)")?;
+            tracing::info!(login = %role.name, privileged = role.is_privileged(), "database ready");
+            run(args, pool).await
+        }
+        Command::Migrate => {
+            event_store::migrate(&pool)
+                .await
+                .context("applying migrations")?;
+            let role = event_store::connection_role(&pool).await?;
+            println!("migrations applied as {}", role.name);
+            Ok(())
+        }
         Command::Store(StoreCommand::RebasePositions) => {
+            event_store::migrate(&pool)
+                .await
+                .context("applying migrations")?;
             let epoch = EventStore::new(pool).rebase_positions().await?;
             println!(
                 "position epoch {} started: new positions start above {} (xid offset {})",

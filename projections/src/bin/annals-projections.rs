@@ -38,6 +38,13 @@ struct Cli {
     /// Connections in the pool.
     #[arg(long, env = "ANNALS_DB_POOL", default_value_t = 16)]
     pool_size: u32,
+    /// Apply the migrations first, over this URL (the tables' owner; see README, Roles).
+    #[arg(long, env = "ANNALS_MIGRATE_URL", global = true)]
+    migrate_url: Option<String>,
+    /// Accept a superuser or the tables' owner as the service login (development only: such a
+    /// login could rewrite stored history).
+    #[arg(long, env = "ANNALS_ALLOW_OWNER", global = true)]
+    allow_owner: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -150,9 +157,20 @@ async fn main() -> anyhow::Result<()> {
         .connect(&cli.database_url)
         .await
         .context("connecting to Postgres")?;
-    event_store::migrate(&pool)
-        .await
-        .context("applying migrations")?;
+    if matches!(cli.command, Command::Rebuild { .. }) {
+        // Maintenance verb: a rebuild moves tables, which only their owner may do.
+        event_store::migrate(&pool)
+            .await
+            .context("applying migrations")?;
+    } else {
+        let access = event_store::ServiceAccess {
+            migrate_url: cli.migrate_url.clone(),
+            allow_owner: cli.allow_owner,
+        };
+        event_store::prepare_service(&pool, &access)
+            .await
+            .context("preparing the database (--allow-owner accepts an owner login)")?;
+    }
     let store = EventStore::new(pool.clone());
 
     match cli.command {

@@ -20,6 +20,13 @@ struct Args {
     /// Postgres holding the event store.
     #[arg(long, env = "DATABASE_URL")]
     database_url: String,
+    /// Apply the migrations first, over this URL (the tables' owner; see README, Roles).
+    #[arg(long, env = "ANNALS_MIGRATE_URL")]
+    migrate_url: Option<String>,
+    /// Accept a superuser or the tables' owner as the service login (development only: such a
+    /// login could rewrite stored history).
+    #[arg(long, env = "ANNALS_ALLOW_OWNER")]
+    allow_owner: bool,
     /// Kafka bootstrap servers.
     #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
     kafka_bootstrap: String,
@@ -80,7 +87,13 @@ async fn main() -> anyhow::Result<()> {
         .connect(&args.database_url)
         .await
         .context("connecting to Postgres")?;
-    event_store::migrate(&pool).await.context("migrating")?;
+    let access = event_store::ServiceAccess {
+        migrate_url: args.migrate_url.clone(),
+        allow_owner: args.allow_owner,
+    };
+    event_store::prepare_service(&pool, &access)
+        .await
+        .context("preparing the database (--allow-owner accepts an owner login)")?;
 
     let mut config = RelayConfig::new(args.kafka_bootstrap);
     config.kafka.extend(args.kafka_config);
