@@ -1231,6 +1231,8 @@ async fn the_binary_manages_tokens_serves_and_stops_gracefully(pool: PgPool) {
         let out = std::process::Command::new(bin)
             .args(args)
             .env("DATABASE_URL", &url)
+            // The test's login owns the tables (tests/roles.rs covers the refusal).
+            .env("ANNALS_ALLOW_OWNER", "true")
             .env("RUST_LOG", "warn")
             .output()
             .unwrap();
@@ -1261,6 +1263,7 @@ async fn the_binary_manages_tokens_serves_and_stops_gracefully(pool: PgPool) {
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
             .args(["--token-cache-secs", &CACHE_SECS.to_string()])
             .env("DATABASE_URL", &url)
+            .env("ANNALS_ALLOW_OWNER", "true")
             .env("RUST_LOG", "warn")
             .spawn()
             .unwrap(),

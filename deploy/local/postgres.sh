@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes a Postgres reachable for annals and prints its connection URL on stdout.
 #
-#   export DATABASE_URL="$(deploy/local/postgres.sh)"
+#   export DATABASE_URL="$(deploy/local/postgres.sh)"            # the owner: migrations, tests
+#   export SERVICE_URL="$(deploy/local/postgres.sh --service)"    # the services' login
 #
 # In order: use $DATABASE_URL if it answers; otherwise the local default
 # (postgres://annals:annals@127.0.0.1:5432/annals): start an installed local cluster, or install
@@ -18,18 +19,47 @@ SCRIPT_NAME=postgres.sh
 
 answers() { psql "$1" -Atqc 'SELECT 1' >/dev/null 2>&1; }
 
+WANT=owner
+[ "${1:-}" = "--service" ] && WANT=service
+
+# The two roles (README, Roles): the owner runs migrations; services log in as `annals_app`, a
+# member of `annals_service` (whose privileges the migrations grant). Created through the owner's
+# URL when it may create roles; roles are cluster-wide, so existing ones are kept.
+ensure_service_login() {
+  psql "$1" -v ON_ERROR_STOP=1 -Atqc "DO \$\$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'annals_service') THEN
+      CREATE ROLE annals_service NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'annals_app') THEN
+      CREATE ROLE annals_app LOGIN PASSWORD 'annals_app' IN ROLE annals_service;
+    END IF;
+  END \$\$;" >/dev/null 2>&1 \
+    || log "cannot create the roles annals_service/annals_app with this login (needs CREATEROLE)"
+}
+
+# Prints the owner's URL, or with --service the same server and database for annals_app.
+emit() {
+  ensure_service_login "$1"
+  if [ "$WANT" = service ]; then
+    local scheme="${1%%://*}" rest="${1#*://}"
+    printf '%s://annals_app:annals_app@%s\n' "$scheme" "${rest#*@}"
+  else
+    printf '%s\n' "$1"
+  fi
+}
+
 command -v psql >/dev/null 2>&1 && command -v pg_isready >/dev/null 2>&1 \
   || apt_install postgresql-client
 
 if [ -n "${DATABASE_URL:-}" ]; then
   if answers "$DATABASE_URL"; then
-    printf '%s\n' "$DATABASE_URL"
+    emit "$DATABASE_URL"
     exit 0
   fi
   [ "$DATABASE_URL" = "$DEFAULT_URL" ] || log "DATABASE_URL does not answer; falling back to the local default"
 fi
 if answers "$DEFAULT_URL"; then
-  printf '%s\n' "$DEFAULT_URL"
+  emit "$DEFAULT_URL"
   exit 0
 fi
 
@@ -83,4 +113,4 @@ if [ "$(admin -c "SELECT 1 FROM pg_database WHERE datname = 'annals'")" != "1" ]
 fi
 
 answers "$DEFAULT_URL" || die "created role and database, but $DEFAULT_URL still does not answer (check pg_hba.conf)"
-printf '%s\n' "$DEFAULT_URL"
+emit "$DEFAULT_URL"

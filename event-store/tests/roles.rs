@@ -119,9 +119,11 @@ async fn the_service_role_cannot_change_or_remove_anything_stored(pool: PgPool) 
         &["ALTER TABLE events DISABLE TRIGGER ALL"],
         &["SET session_replication_role = replica"],
         &["DROP TABLE events CASCADE"],
-        &["INSERT INTO events SELECT global_position + 1, gen_random_uuid(), stream_id, \
+        &[
+            "INSERT INTO events SELECT global_position + 1, gen_random_uuid(), stream_id, \
            stream_type, stream_version + 10, tenant_id, event_type, schema_version, payload, \
-           metadata, recorded_at, tx_id, hash FROM events LIMIT 1"],
+           metadata, recorded_at, tx_id, hash FROM events LIMIT 1",
+        ],
         &["UPDATE streams SET last_hash = sha256('x'::bytea)"],
         &["DELETE FROM streams"],
         &["DELETE FROM command_log"],

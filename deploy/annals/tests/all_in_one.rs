@@ -28,6 +28,26 @@ fn test_database_url(pool: &PgPool) -> String {
     )
 }
 
+/// The URL of this test's database for a login of the services' role (`annals_service`,
+/// which the migrations set up): the binary refuses the owner login the tests connect as.
+async fn service_database_url(pool: &PgPool) -> String {
+    // Roles are cluster-wide and tests run in parallel: whoever comes first creates it.
+    sqlx::query(
+        "DO $$ BEGIN \
+           CREATE ROLE annals_test_service LOGIN PASSWORD 'annals_test_service' \
+             IN ROLE annals_service; \
+         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; \
+         END $$",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    let url = test_database_url(pool);
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    format!("{scheme}://annals_test_service:annals_test_service@{host}")
+}
+
 /// Kills the server process if the test ends early, so a failed assertion leaks no process.
 struct Server(std::process::Child);
 
@@ -60,7 +80,7 @@ async fn one_process_serves_commands_projections_and_queries(pool: PgPool) {
         .unwrap();
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_annals"))
-        .args(["--database-url", &test_database_url(&pool), "run"])
+        .args(["--database-url", &service_database_url(&pool).await, "run"])
         .args([
             "--command-listen",
             "127.0.0.1:0",
@@ -161,4 +181,45 @@ async fn one_process_serves_commands_projections_and_queries(pool: PgPool) {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "graceful shutdown exits 0: {status:?}");
+}
+
+/// A service process refuses to run as the tables' owner (it could rewrite history) and says
+/// what to do instead; it exits without serving anything.
+#[sqlx::test(migrator = "event_store::MIGRATOR")]
+async fn the_binary_refuses_an_owner_login(pool: PgPool) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_annals"))
+        .args(["--database-url", &test_database_url(&pool), "run"])
+        .args([
+            "--command-listen",
+            "127.0.0.1:0",
+            "--query-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .env_remove("KAFKA_BOOTSTRAP")
+        .env_remove("ANNALS_ALLOW_OWNER")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("annals kept running as the owner for 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("annals_service") && stderr.contains("--allow-owner"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "nothing served: {:?}", out.stdout);
 }

@@ -309,6 +309,8 @@ async fn relay_process_killed_by_pid_resumes_without_gaps(pool: PgPool) {
 
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_annals-relay"))
         .args(["--database-url", &url, "--kafka-bootstrap", &bootstrap])
+        // The test's login owns the tables (event-store/tests/roles.rs covers the refusal).
+        .arg("--allow-owner")
         .args([
             "--topic-prefix",
             &config.topic_prefix,
