@@ -445,7 +445,7 @@ pub struct Feedback {
 // Commands
 
 /// Commands of the problem aggregate (see the module table for the allowed stages).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum ProblemCommand {
     /// Submit a new problem (the client chooses the id).
     SubmitProblem(SubmitProblem),

@@ -15,7 +15,7 @@ pub(crate) mod task;
 use std::str::FromStr;
 
 use aggregates::DomainError;
-use aggregates::values::{JsonObject, Money, Text, UserRef};
+use aggregates::values::{JsonObject, Money, Text, TextKind, UserRef, check_text};
 use chrono::{DateTime, Utc};
 use prost_types::value::Kind;
 use rust_decimal::Decimal;
@@ -28,6 +28,18 @@ use schemas::v1 as pb;
 pub const MAX_LIST_ITEMS: usize = aggregates::problem::MAX_LIST_ITEMS;
 /// Deepest nesting accepted in a JSON (`google.protobuf.Struct`) field.
 pub const MAX_JSON_DEPTH: usize = 16;
+/// Most object keys plus list items in one JSON field, counted over every level.
+pub const MAX_JSON_ENTRIES: usize = 1_000;
+/// Longest object key of a JSON field, in characters.
+pub const MAX_JSON_KEY_CHARS: usize = 256;
+/// Largest JSON field once serialised, in bytes (what the event payload and `jsonb` hold).
+pub const MAX_JSON_BYTES: usize = 64 * 1024;
+/// Largest count or size accepted (`tokens`, `file_size`, `sample_size`): the read models store
+/// them as Postgres `BIGINT`.
+pub const MAX_BIGINT: u64 = i64::MAX as u64;
+/// Largest small count accepted (`estimated_hours`, `execution_time_secs`): the read models
+/// store them as Postgres `INTEGER`.
+pub const MAX_INTEGER: u32 = i32::MAX as u32;
 /// Longest decimal string accepted.
 const MAX_DECIMAL_CHARS: usize = 40;
 
@@ -102,9 +114,46 @@ pub(crate) fn opt_id<T>(
     opt_uuid(path, s)?.map(|u| at(path, make(u))).transpose()
 }
 
-/// Required free text (1–10,000 characters).
+/// Required free text (1–10,000 characters; tab and line breaks allowed).
 pub(crate) fn text(path: &str, s: &str) -> Result<Text, ApiError> {
     at(path, Text::parse("text", s))
+}
+
+/// Required one-line text (1–10,000 characters, no control character).
+pub(crate) fn line(path: &str, s: &str) -> Result<Text, ApiError> {
+    at(path, Text::parse_line("text", s))
+}
+
+/// The one-line text rule on a string the domain keeps as it is (e.g. a destination).
+pub(crate) fn check_line(path: &str, s: &str) -> Result<(), ApiError> {
+    at(path, check_text("value", s, TextKind::Line))
+}
+
+/// A count or size stored as `BIGINT`: 2^63 and above are refused, never clamped.
+pub(crate) fn bigint(path: &str, v: u64) -> Result<u64, ApiError> {
+    if v > MAX_BIGINT {
+        return Err(ApiError::invalid(
+            path,
+            format!("must be at most {MAX_BIGINT} (got {v})"),
+        ));
+    }
+    Ok(v)
+}
+
+/// An optional [`bigint`].
+pub(crate) fn opt_bigint(path: &str, v: Option<u64>) -> Result<Option<u64>, ApiError> {
+    v.map(|v| bigint(path, v)).transpose()
+}
+
+/// An optional small count stored as `INTEGER`.
+pub(crate) fn opt_integer(path: &str, v: Option<u32>) -> Result<Option<u32>, ApiError> {
+    match v {
+        Some(v) if v > MAX_INTEGER => Err(ApiError::invalid(
+            path,
+            format!("must be at most {MAX_INTEGER} (got {v})"),
+        )),
+        v => Ok(v),
+    }
 }
 
 /// Optional free text: absent stays absent, present must be valid.
@@ -149,16 +198,44 @@ pub(crate) fn user_or(path: &str, s: &str, actor: &str) -> Result<UserRef, ApiEr
 }
 
 /// A decimal written as a string ("0.85"); floats never cross the wire.
+///
+/// The syntax is strict, `-?digits[.digits]`: `rust_decimal` alone also takes exponents
+/// (`1e3`), digit separators (`1_000`) and surrounding spaces, none of which a client means
+/// as an amount, and a retry spelled differently would then be a different request.
 pub(crate) fn decimal(path: &str, s: &str) -> Result<Decimal, ApiError> {
-    let s = s.trim();
     if s.is_empty() {
         return Err(ApiError::invalid(path, "is required"));
     }
     if s.len() > MAX_DECIMAL_CHARS {
-        return Err(ApiError::invalid(path, "is too long for a decimal"));
+        return Err(ApiError::invalid(
+            path,
+            format!("must be a decimal number of at most {MAX_DECIMAL_CHARS} characters"),
+        ));
     }
-    Decimal::from_str(s)
-        .map_err(|_| ApiError::invalid(path, "must be a decimal number such as \"12.50\""))
+    if !strict_decimal(s) {
+        return Err(ApiError::invalid(
+            path,
+            "must be a decimal number such as \"12.50\" (digits, an optional sign and point; \
+             no exponent, separator or space)",
+        ));
+    }
+    Decimal::from_str(s).map_err(|_| {
+        ApiError::invalid(
+            path,
+            "is out of range for a decimal (at most 28 significant digits)",
+        )
+    })
+}
+
+/// `-?[0-9]+(\.[0-9]+)?`.
+fn strict_decimal(s: &str) -> bool {
+    let unsigned = s.strip_prefix('-').unwrap_or(s);
+    let (int, frac) = match unsigned.split_once('.') {
+        Some((i, f)) => (i, Some(f)),
+        None => (unsigned, None),
+    };
+    let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    digits(int) && frac.is_none_or(digits)
 }
 
 /// An optional decimal.
@@ -166,9 +243,30 @@ pub(crate) fn opt_decimal(path: &str, s: Option<&String>) -> Result<Option<Decim
     s.map(|s| decimal(path, s)).transpose()
 }
 
-/// An amount of money (≥ 0, at most 4 decimal places).
+/// An amount of money (≥ 0, at most 4 decimal places). An amount too large even for a
+/// decimal gets the same message as one above the bound: the range is what the client needs.
 pub(crate) fn money(path: &str, s: &str) -> Result<Money, ApiError> {
-    at(path, Money::new(decimal(path, s)?))
+    let out_of_range = || {
+        ApiError::invalid(
+            path,
+            format!(
+                "must be an amount between 0 and {} with at most 4 decimal places",
+                Money::max_amount()
+            ),
+        )
+    };
+    let d = match decimal(path, s) {
+        Ok(d) => d,
+        // Syntactically a decimal, but beyond what a decimal holds: a range problem.
+        Err(_) if strict_decimal(s) && s.len() <= MAX_DECIMAL_CHARS => {
+            return Err(out_of_range());
+        }
+        Err(e) => return Err(e),
+    };
+    if d > Money::max_amount() {
+        return Err(out_of_range());
+    }
+    at(path, Money::new(d))
 }
 
 /// An optional amount of money.
@@ -215,32 +313,87 @@ pub(crate) fn opt_enum_value<E: TryFrom<i32>>(path: &str, v: i32) -> Result<Opti
 }
 
 /// A `google.protobuf.Struct` as a JSON object (absent = empty).
+///
+/// Bounded in depth ([`MAX_JSON_DEPTH`]), entries over all levels ([`MAX_JSON_ENTRIES`]), key
+/// length ([`MAX_JSON_KEY_CHARS`]) and serialised size ([`MAX_JSON_BYTES`]); keys follow the
+/// one-line text rule and string values the free-text rule, so `jsonb` and the audit log can
+/// hold every accepted value.
 pub(crate) fn json_object(
     path: &str,
     s: Option<&prost_types::Struct>,
 ) -> Result<JsonObject, ApiError> {
-    match s {
-        None => Ok(JsonObject::new()),
-        Some(s) => struct_to_json(s, 1).map_err(|m| ApiError::invalid(path, m)),
+    let Some(s) = s else {
+        return Ok(JsonObject::new());
+    };
+    let mut entries = 0;
+    let object = struct_to_json(s, 1, &mut entries).map_err(|m| ApiError::invalid(path, m))?;
+    // Compact serialisation of a valid map cannot fail; an error would be refused anyway.
+    let bytes = serde_json::to_vec(&object).map_or(usize::MAX, |b| b.len());
+    if bytes > MAX_JSON_BYTES {
+        return Err(ApiError::invalid(
+            path,
+            format!("must be at most {MAX_JSON_BYTES} bytes as JSON (got {bytes})"),
+        ));
     }
+    Ok(object)
 }
 
-fn struct_to_json(s: &prost_types::Struct, depth: usize) -> Result<JsonObject, String> {
+fn count_entry(entries: &mut usize) -> Result<(), String> {
+    *entries += 1;
+    if *entries > MAX_JSON_ENTRIES {
+        return Err(format!(
+            "must have at most {MAX_JSON_ENTRIES} keys and list items in all"
+        ));
+    }
+    Ok(())
+}
+
+fn struct_to_json(
+    s: &prost_types::Struct,
+    depth: usize,
+    entries: &mut usize,
+) -> Result<JsonObject, String> {
     if depth > MAX_JSON_DEPTH {
         return Err(format!("is nested deeper than {MAX_JSON_DEPTH} levels"));
     }
     s.fields
         .iter()
-        .map(|(k, v)| Ok((k.clone(), value_to_json(v, depth)?)))
+        .map(|(k, v)| {
+            count_entry(entries)?;
+            json_text(k, TextKind::Line, "key")?;
+            let n = k.chars().count();
+            if n > MAX_JSON_KEY_CHARS {
+                return Err(format!(
+                    "has a key of {n} characters (at most {MAX_JSON_KEY_CHARS})"
+                ));
+            }
+            Ok((k.clone(), value_to_json(v, depth, entries)?))
+        })
         .collect()
 }
 
-fn value_to_json(v: &prost_types::Value, depth: usize) -> Result<serde_json::Value, String> {
+/// The text rule inside JSON; the message names the offending key or value by kind only
+/// (echoing it would echo the control character).
+fn json_text(s: &str, kind: TextKind, what: &str) -> Result<(), String> {
+    check_text("value", s, kind).map_err(|e| {
+        let detail = e.message().strip_prefix("value ").unwrap_or(e.message());
+        format!("has a {what} that {detail}")
+    })
+}
+
+fn value_to_json(
+    v: &prost_types::Value,
+    depth: usize,
+    entries: &mut usize,
+) -> Result<serde_json::Value, String> {
     use serde_json::Value as J;
     Ok(match &v.kind {
         None | Some(Kind::NullValue(_)) => J::Null,
         Some(Kind::BoolValue(b)) => J::Bool(*b),
-        Some(Kind::StringValue(s)) => J::String(s.clone()),
+        Some(Kind::StringValue(s)) => {
+            json_text(s, TextKind::Free, "string value")?;
+            J::String(s.clone())
+        }
         Some(Kind::NumberValue(n)) => {
             // Whole numbers stay integers in the stored JSON (Struct only knows doubles).
             const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
@@ -253,7 +406,7 @@ fn value_to_json(v: &prost_types::Value, depth: usize) -> Result<serde_json::Val
                     .ok_or("contains a number that is not finite")?
             }
         }
-        Some(Kind::StructValue(s)) => J::Object(struct_to_json(s, depth + 1)?),
+        Some(Kind::StructValue(s)) => J::Object(struct_to_json(s, depth + 1, entries)?),
         Some(Kind::ListValue(l)) => {
             if depth + 1 > MAX_JSON_DEPTH {
                 return Err(format!("is nested deeper than {MAX_JSON_DEPTH} levels"));
@@ -261,7 +414,10 @@ fn value_to_json(v: &prost_types::Value, depth: usize) -> Result<serde_json::Val
             J::Array(
                 l.values
                     .iter()
-                    .map(|v| value_to_json(v, depth + 1))
+                    .map(|v| {
+                        count_entry(entries)?;
+                        value_to_json(v, depth + 1, entries)
+                    })
                     .collect::<Result<_, _>>()?,
             )
         }
