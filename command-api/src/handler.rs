@@ -23,6 +23,8 @@
 //! Snapshots are not used: streams are short (tens of events) and a load is one indexed read.
 
 use aggregates::agent_session::AgentSession;
+use aggregates::task::Task;
+use aggregates::values::TaskId;
 use aggregates::governance::{GovernanceDecision, GovernedCommand, decide_governed};
 use aggregates::{Aggregate, CommandContext, DomainError};
 use chrono::Utc;
@@ -140,6 +142,24 @@ where
         Err(Refusal::VersionMismatch { expected, actual }) => {
             Err(mismatch(&stream, expected, actual))
         }
+    }
+}
+
+/// Refuses a reference (`path`, e.g. `task.parent_task_id`) to a task that does not exist in
+/// the caller's tenant: a dangling parent would be stored and projected as if it were real.
+/// Another tenant's task is as absent as one never created.
+pub async fn require_task(
+    store: &EventStore,
+    call: &CommandCall,
+    path: &str,
+    id: TaskId,
+) -> Result<(), ApiError> {
+    let stream = stream_id(id.as_uuid())?;
+    let loaded = aggregate::load::<Task>(store, &call.principal.tenant, &stream).await?;
+    if loaded.is_some_and(|l| l.state.is_some()) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(path, format!("task {id} does not exist")))
     }
 }
 
