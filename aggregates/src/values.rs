@@ -694,10 +694,7 @@ mod tests {
                 "{bad:?}: {e:?}"
             );
         }
-        assert_eq!(
-            Tag::parse("x\0").unwrap_err().code(),
-            "value.nul_character"
-        );
+        assert_eq!(Tag::parse("x\0").unwrap_err().code(), "value.nul_character");
         assert_eq!(
             Text::parse("description", "a\0").unwrap_err().code(),
             "value.nul_character"

@@ -23,9 +23,9 @@
 //! Snapshots are not used: streams are short (tens of events) and a load is one indexed read.
 
 use aggregates::agent_session::AgentSession;
+use aggregates::governance::{GovernanceDecision, GovernedCommand, decide_governed};
 use aggregates::task::Task;
 use aggregates::values::TaskId;
-use aggregates::governance::{GovernanceDecision, GovernedCommand, decide_governed};
 use aggregates::{Aggregate, CommandContext, DomainError};
 use chrono::Utc;
 use event_store::aggregate::{self, Executed, Execution, Refusal, expected_after, new_events};

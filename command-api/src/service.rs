@@ -151,6 +151,15 @@ fn fingerprint(
     h.finalize().into()
 }
 
+/// Records a request refused before its handler (undecodable, over-size) under the same
+/// metrics as every other outcome ([`schemas::edge::Guarded`]).
+pub(crate) fn refused_at_edge(rpc: &str, outcome: &'static str, elapsed: std::time::Duration) {
+    metrics::counter!("annals_commands_total", "command" => rpc.to_owned(), "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!("annals_command_duration_seconds", "command" => rpc.to_owned())
+        .record(elapsed.as_secs_f64());
+}
+
 fn user_agent(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
     let ua = metadata.get("user-agent")?.to_str().ok()?;
     let clean: String = ua
@@ -179,6 +188,7 @@ impl CommandService {
         F: FnOnce(EventStore, Caller, M) -> Fut,
         Fut: Future<Output = Result<pb::CommandResult, ApiError>>,
     {
+        schemas::edge::mark_handled();
         let started = Instant::now();
         let span = tracing::info_span!(
             "command",

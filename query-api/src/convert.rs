@@ -6,6 +6,18 @@ use uuid::Uuid;
 
 use crate::error::QueryError;
 
+/// A request's `min_position`: 0 means "no wait", positions are never negative, so a
+/// negative value is a client bug refused rather than read as 0.
+pub fn min_position(v: i64) -> Result<i64, QueryError> {
+    if v < 0 {
+        return Err(QueryError::invalid(
+            "min_position",
+            format!("must not be negative (got {v})"),
+        ));
+    }
+    Ok(v)
+}
+
 /// An instant as a protobuf timestamp.
 pub fn ts(t: DateTime<Utc>) -> Timestamp {
     Timestamp {

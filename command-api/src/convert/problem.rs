@@ -15,8 +15,8 @@ use schemas::v1 as pb;
 
 use super::{
     at, check_len, enum_value, id, json_object, line, list, opt_bigint, opt_decimal,
-    opt_enum_value, opt_id, opt_integer, opt_money, opt_text, opt_timestamp, required, text,
-    texts, user_or,
+    opt_enum_value, opt_id, opt_integer, opt_money, opt_text, opt_timestamp, required, text, texts,
+    user_or,
 };
 use crate::error::ApiError;
 
@@ -196,10 +196,7 @@ pub(crate) fn prioritize(r: &pb::PrioritizeNodeRequest) -> Result<ProblemCommand
                 Feasibility::new(small("problem.priority.feasibility", p.feasibility)?),
             )?,
             rationale: opt_text("problem.priority.rationale", p.rationale.as_ref())?,
-            estimated_hours: opt_integer(
-                "problem.priority.estimated_hours",
-                p.estimated_hours,
-            )?,
+            estimated_hours: opt_integer("problem.priority.estimated_hours", p.estimated_hours)?,
             estimated_cost: opt_money(
                 "problem.priority.estimated_cost",
                 p.estimated_cost.as_ref(),

@@ -8,8 +8,8 @@ use aggregates::values::{LeadTimeMinutes, RecurrenceInterval, ReminderId, TaskId
 use schemas::v1 as pb;
 
 use super::{
-    at, check_len, check_line, enum_value, id, opt_enum_value, opt_id, opt_text, opt_timestamp, patch,
-    required, text, timestamp, user_or,
+    at, check_len, check_line, enum_value, id, opt_enum_value, opt_id, opt_text, opt_timestamp,
+    patch, required, text, timestamp, user_or,
 };
 use crate::error::ApiError;
 
