@@ -496,3 +496,311 @@ mod tests {
         assert!(decimal("x", "").is_err());
     }
 }
+
+/// The edge's one rule, field by field: every kind of string, number and JSON value a command
+/// carries is refused when a read model, the audit log or an export could not hold it.
+#[cfg(test)]
+mod edge_tests {
+    use super::*;
+
+    const NUL: &str = "a\0b";
+
+    /// Asserts that `r` was refused as invalid at exactly `path`.
+    #[track_caller]
+    fn refused_at<T: std::fmt::Debug>(r: Result<T, ApiError>, path: &str) -> String {
+        match r {
+            Err(ApiError::Invalid { field, message }) => {
+                assert_eq!(field, path, "{message}");
+                message
+            }
+            other => panic!("expected {path} to be refused, got {other:?}"),
+        }
+    }
+
+    fn nul_struct(in_key: bool) -> prost_types::Struct {
+        let mut s = prost_types::Struct::default();
+        let (k, v) = if in_key { (NUL, "v") } else { ("k", NUL) };
+        s.fields.insert(
+            k.into(),
+            prost_types::Value {
+                kind: Some(Kind::StringValue(v.into())),
+            },
+        );
+        s
+    }
+
+    fn task() -> pb::CreateTaskRequest {
+        pb::CreateTaskRequest {
+            task_id: Uuid::now_v7().to_string(),
+            title: "t".into(),
+            ..Default::default()
+        }
+    }
+
+    fn problem() -> pb::SubmitProblemRequest {
+        pb::SubmitProblemRequest {
+            problem_id: Uuid::now_v7().to_string(),
+            raw_text: "r".into(),
+            ..Default::default()
+        }
+    }
+
+    fn session() -> pb::CreateSessionRequest {
+        pb::CreateSessionRequest {
+            session_id: Uuid::now_v7().to_string(),
+            agent_type: "research".into(),
+            ..Default::default()
+        }
+    }
+
+    fn decision() -> pb::RecordDecisionRequest {
+        pb::RecordDecisionRequest {
+            decision_id: Uuid::now_v7().to_string(),
+            session_id: Uuid::now_v7().to_string(),
+            event_type: pb::GovernanceEventType::PreAgentSpawn as i32,
+            framework_type: "policy".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn nul_in_every_kind_of_string_field_is_refused_with_its_path() {
+        let t = |f: fn(&mut pb::CreateTaskRequest)| {
+            let mut r = task();
+            f(&mut r);
+            task::create(&r, "alice")
+        };
+        refused_at(t(|r| r.title = NUL.into()), "task.title");
+        refused_at(t(|r| r.description = Some(NUL.into())), "task.description");
+        refused_at(t(|r| r.tags = vec![NUL.into()]), "task.tags");
+        refused_at(t(|r| r.owner = NUL.into()), "task.owner");
+        refused_at(t(|r| r.task_id = format!("{}\0", Uuid::now_v7())), "task.task_id");
+        refused_at(
+            task::reminder_failure(&pb::RecordReminderFailureRequest {
+                task_id: Uuid::now_v7().to_string(),
+                reminder_id: Uuid::now_v7().to_string(),
+                error: NUL.into(),
+                ..Default::default()
+            }),
+            "task.error",
+        );
+        refused_at(
+            task::schedule_reminder(&pb::ScheduleReminderRequest {
+                task_id: Uuid::now_v7().to_string(),
+                reminder_id: Uuid::now_v7().to_string(),
+                delivery_method: pb::DeliveryMethod::Push as i32,
+                destination: NUL.into(),
+                trigger_time: Some(prost_types::Timestamp::default()),
+                ..Default::default()
+            }),
+            "task.destination",
+        );
+
+        let p = |f: fn(&mut pb::SubmitProblemRequest)| {
+            let mut r = problem();
+            f(&mut r);
+            problem::submit(&r, "alice")
+        };
+        refused_at(p(|r| r.raw_text = NUL.into()), "problem.raw_text");
+        refused_at(p(|r| r.title = Some(NUL.into())), "problem.title");
+        refused_at(p(|r| r.submitter = NUL.into()), "problem.submitter");
+        let key = refused_at(p(|r| r.metadata = Some(nul_struct(true))), "problem.metadata");
+        assert!(key.contains("key") && key.contains("NUL"), "{key}");
+        let value = refused_at(p(|r| r.metadata = Some(nul_struct(false))), "problem.metadata");
+        assert!(value.contains("string value") && value.contains("NUL"), "{value}");
+        refused_at(
+            problem::add_tree_node(&pb::AddTreeNodeRequest {
+                problem_id: Uuid::now_v7().to_string(),
+                node: Some(pb::TreeNode {
+                    node_id: Uuid::now_v7().to_string(),
+                    title: "ok".into(),
+                    hypotheses: vec!["fine".into(), NUL.into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            "problem.node.hypotheses[1]",
+        );
+        refused_at(
+            problem::add_deliverable(&pb::AddDeliverableRequest {
+                problem_id: Uuid::now_v7().to_string(),
+                deliverable: Some(pb::Deliverable {
+                    deliverable_id: Uuid::now_v7().to_string(),
+                    deliverable_type: pb::DeliverableType::Pdf as i32,
+                    file_path: "a.pdf".into(),
+                    mime_type: Some(NUL.into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            "problem.deliverable.mime_type",
+        );
+
+        let s = |f: fn(&mut pb::CreateSessionRequest)| {
+            let mut r = session();
+            f(&mut r);
+            agent_session::create(&r, "alice")
+        };
+        refused_at(s(|r| r.agent_type = NUL.into()), "session.agent_type");
+        refused_at(s(|r| r.user = NUL.into()), "session.user");
+        refused_at(
+            s(|r| r.agent_config = Some(nul_struct(false))),
+            "session.agent_config",
+        );
+        refused_at(
+            agent_session::activate_persona(&pb::ActivatePersonaRequest {
+                session_id: Uuid::now_v7().to_string(),
+                persona_id: NUL.into(),
+                trigger: "t".into(),
+                ..Default::default()
+            }),
+            "session.persona_id",
+        );
+
+        let d = |f: fn(&mut pb::RecordDecisionRequest)| {
+            let mut r = decision();
+            f(&mut r);
+            governance::record(&r, Uuid::now_v7())
+        };
+        refused_at(d(|r| r.reason = Some(NUL.into())), "decision.reason");
+        refused_at(d(|r| r.framework_type = NUL.into()), "decision.framework_type");
+        refused_at(
+            d(|r| r.decision_details = Some(nul_struct(true))),
+            "decision.decision_details",
+        );
+    }
+
+    #[test]
+    fn ansi_escapes_are_refused_in_titles_and_kept_out_of_free_text() {
+        let mut r = task();
+        r.title = "\x1b[31mred\x1b[0m".into();
+        let m = refused_at(task::create(&r, "alice"), "task.title");
+        assert!(m.contains("control character") && m.contains("U+001B"), "{m}");
+        let mut r = task();
+        r.description = Some("\x1b]0;pwned\x07".into());
+        refused_at(task::create(&r, "alice"), "task.description");
+        // Free text keeps line breaks and tabs.
+        let mut r = task();
+        r.description = Some("line 1\n\tline 2".into());
+        assert!(task::create(&r, "alice").is_ok());
+    }
+
+    #[test]
+    fn counts_beyond_bigint_are_refused_never_clamped() {
+        let cost = |tokens| {
+            agent_session::token_cost(&pb::RecordTokenCostRequest {
+                session_id: Uuid::now_v7().to_string(),
+                amount: "1".into(),
+                tokens: Some(tokens),
+                ..Default::default()
+            })
+        };
+        let m = refused_at(cost(1 << 63), "session.tokens");
+        assert_eq!(
+            m,
+            "must be at most 9223372036854775807 (got 9223372036854775808)"
+        );
+        assert!(cost(i64::MAX as u64).is_ok());
+        let deliverable = |size| {
+            problem::add_deliverable(&pb::AddDeliverableRequest {
+                problem_id: Uuid::now_v7().to_string(),
+                deliverable: Some(pb::Deliverable {
+                    deliverable_id: Uuid::now_v7().to_string(),
+                    deliverable_type: pb::DeliverableType::Pdf as i32,
+                    file_path: "a.pdf".into(),
+                    file_size: Some(size),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+        };
+        refused_at(deliverable(u64::MAX), "problem.deliverable.file_size");
+        assert!(deliverable(i64::MAX as u64).is_ok());
+        let hours = problem::prioritize(&pb::PrioritizeNodeRequest {
+            problem_id: Uuid::now_v7().to_string(),
+            priority: Some(pb::NodePriority {
+                node_id: Uuid::now_v7().to_string(),
+                impact: 5,
+                feasibility: 5,
+                estimated_hours: Some(u32::MAX),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        refused_at(hours, "problem.priority.estimated_hours");
+    }
+
+    #[test]
+    fn amounts_have_a_strict_syntax_and_say_their_range() {
+        for bad in ["1e3", "1_000", " 1.0", "1.0 ", "+1", ".5", "5.", "1,5", "0x10", "NaN", "--1"] {
+            let m = refused_at(money("session.amount", bad), "session.amount");
+            assert!(m.starts_with("must be a decimal number"), "{bad:?}: {m}");
+        }
+        for big in ["1000000", "99999999999999999999999999999999", "999999.99991"] {
+            let m = refused_at(money("session.amount", big), "session.amount");
+            assert!(m.contains("between 0 and 999999.9999"), "{big:?}: {m}");
+        }
+        assert_eq!(money("a", "999999.9999").unwrap().get().to_string(), "999999.9999");
+        assert_eq!(money("a", "0012.50").unwrap().get(), Decimal::new(125, 1));
+        assert!(decimal("x", "-3.25").is_ok());
+    }
+
+    #[test]
+    fn json_is_bounded_in_keys_key_length_depth_and_bytes() {
+        let value = |s: &str| prost_types::Value {
+            kind: Some(Kind::StringValue(s.into())),
+        };
+        let mut wide = prost_types::Struct::default();
+        for i in 0..20_000 {
+            wide.fields.insert(format!("k{i}"), value("v"));
+        }
+        let m = refused_at(json_object("problem.metadata", Some(&wide)), "problem.metadata");
+        assert!(m.contains("at most 1000 keys"), "{m}");
+
+        let mut long_key = prost_types::Struct::default();
+        long_key.fields.insert("k".repeat(257), value("v"));
+        refused_at(json_object("m", Some(&long_key)), "m");
+
+        let mut big = prost_types::Struct::default();
+        for i in 0..10 {
+            big.fields.insert(format!("k{i}"), value(&"x".repeat(10_000)));
+        }
+        let m = refused_at(json_object("m", Some(&big)), "m");
+        assert!(m.contains("bytes"), "{m}");
+
+        let mut deep = prost_types::Struct::default();
+        for _ in 0..60 {
+            let mut outer = prost_types::Struct::default();
+            outer.fields.insert(
+                "x".into(),
+                prost_types::Value {
+                    kind: Some(Kind::StructValue(deep)),
+                },
+            );
+            deep = outer;
+        }
+        let m = refused_at(json_object("m", Some(&deep)), "m");
+        assert!(m.contains("nested deeper"), "{m}");
+
+        let mut ctl = prost_types::Struct::default();
+        ctl.fields.insert("k\n".into(), value("v"));
+        refused_at(json_object("m", Some(&ctl)), "m");
+        let mut ok = prost_types::Struct::default();
+        ok.fields.insert("k".into(), value("multi\nline 😀"));
+        assert!(json_object("m", Some(&ok)).is_ok());
+    }
+
+    #[test]
+    fn ids_are_canonical_whatever_their_spelling() {
+        let id = Uuid::now_v7();
+        let canonical = id.to_string();
+        for spelling in [
+            canonical.to_uppercase(),
+            format!("{{{canonical}}}"),
+            format!("urn:uuid:{canonical}"),
+            id.simple().to_string(),
+        ] {
+            assert_eq!(uuid("x", &spelling).unwrap().to_string(), canonical);
+        }
+    }
+}
