@@ -574,7 +574,10 @@ mod edge_tests {
         refused_at(t(|r| r.description = Some(NUL.into())), "task.description");
         refused_at(t(|r| r.tags = vec![NUL.into()]), "task.tags");
         refused_at(t(|r| r.owner = NUL.into()), "task.owner");
-        refused_at(t(|r| r.task_id = format!("{}\0", Uuid::now_v7())), "task.task_id");
+        refused_at(
+            t(|r| r.task_id = format!("{}\0", Uuid::now_v7())),
+            "task.task_id",
+        );
         refused_at(
             task::reminder_failure(&pb::RecordReminderFailureRequest {
                 task_id: Uuid::now_v7().to_string(),
@@ -604,10 +607,19 @@ mod edge_tests {
         refused_at(p(|r| r.raw_text = NUL.into()), "problem.raw_text");
         refused_at(p(|r| r.title = Some(NUL.into())), "problem.title");
         refused_at(p(|r| r.submitter = NUL.into()), "problem.submitter");
-        let key = refused_at(p(|r| r.metadata = Some(nul_struct(true))), "problem.metadata");
+        let key = refused_at(
+            p(|r| r.metadata = Some(nul_struct(true))),
+            "problem.metadata",
+        );
         assert!(key.contains("key") && key.contains("NUL"), "{key}");
-        let value = refused_at(p(|r| r.metadata = Some(nul_struct(false))), "problem.metadata");
-        assert!(value.contains("string value") && value.contains("NUL"), "{value}");
+        let value = refused_at(
+            p(|r| r.metadata = Some(nul_struct(false))),
+            "problem.metadata",
+        );
+        assert!(
+            value.contains("string value") && value.contains("NUL"),
+            "{value}"
+        );
         refused_at(
             problem::add_tree_node(&pb::AddTreeNodeRequest {
                 problem_id: Uuid::now_v7().to_string(),
@@ -663,7 +675,10 @@ mod edge_tests {
             governance::record(&r, Uuid::now_v7())
         };
         refused_at(d(|r| r.reason = Some(NUL.into())), "decision.reason");
-        refused_at(d(|r| r.framework_type = NUL.into()), "decision.framework_type");
+        refused_at(
+            d(|r| r.framework_type = NUL.into()),
+            "decision.framework_type",
+        );
         refused_at(
             d(|r| r.decision_details = Some(nul_struct(true))),
             "decision.decision_details",
@@ -675,7 +690,10 @@ mod edge_tests {
         let mut r = task();
         r.title = "\x1b[31mred\x1b[0m".into();
         let m = refused_at(task::create(&r, "alice"), "task.title");
-        assert!(m.contains("control character") && m.contains("U+001B"), "{m}");
+        assert!(
+            m.contains("control character") && m.contains("U+001B"),
+            "{m}"
+        );
         let mut r = task();
         r.description = Some("\x1b]0;pwned\x07".into());
         refused_at(task::create(&r, "alice"), "task.description");
@@ -732,15 +750,24 @@ mod edge_tests {
 
     #[test]
     fn amounts_have_a_strict_syntax_and_say_their_range() {
-        for bad in ["1e3", "1_000", " 1.0", "1.0 ", "+1", ".5", "5.", "1,5", "0x10", "NaN", "--1"] {
+        for bad in [
+            "1e3", "1_000", " 1.0", "1.0 ", "+1", ".5", "5.", "1,5", "0x10", "NaN", "--1",
+        ] {
             let m = refused_at(money("session.amount", bad), "session.amount");
             assert!(m.starts_with("must be a decimal number"), "{bad:?}: {m}");
         }
-        for big in ["1000000", "99999999999999999999999999999999", "999999.99991"] {
+        for big in [
+            "1000000",
+            "99999999999999999999999999999999",
+            "999999.99991",
+        ] {
             let m = refused_at(money("session.amount", big), "session.amount");
             assert!(m.contains("between 0 and 999999.9999"), "{big:?}: {m}");
         }
-        assert_eq!(money("a", "999999.9999").unwrap().get().to_string(), "999999.9999");
+        assert_eq!(
+            money("a", "999999.9999").unwrap().get().to_string(),
+            "999999.9999"
+        );
         assert_eq!(money("a", "0012.50").unwrap().get(), Decimal::new(125, 1));
         assert!(decimal("x", "-3.25").is_ok());
     }
@@ -754,7 +781,10 @@ mod edge_tests {
         for i in 0..20_000 {
             wide.fields.insert(format!("k{i}"), value("v"));
         }
-        let m = refused_at(json_object("problem.metadata", Some(&wide)), "problem.metadata");
+        let m = refused_at(
+            json_object("problem.metadata", Some(&wide)),
+            "problem.metadata",
+        );
         assert!(m.contains("at most 1000 keys"), "{m}");
 
         let mut long_key = prost_types::Struct::default();
@@ -763,7 +793,8 @@ mod edge_tests {
 
         let mut big = prost_types::Struct::default();
         for i in 0..10 {
-            big.fields.insert(format!("k{i}"), value(&"x".repeat(10_000)));
+            big.fields
+                .insert(format!("k{i}"), value(&"x".repeat(10_000)));
         }
         let m = refused_at(json_object("m", Some(&big)), "m");
         assert!(m.contains("bytes"), "{m}");
