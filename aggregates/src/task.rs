@@ -8,7 +8,7 @@
 //! | command | allowed when | events |
 //! |---|---|---|
 //! | [`TaskCommand::CreateTask`] | task does not exist; due date after `ctx.now` | `task.created` |
-//! | [`TaskCommand::UpdateTask`] | `active`; a new due date after `ctx.now` | `task.updated` |
+//! | [`TaskCommand::UpdateTask`] | `active`; a new due date after `ctx.now` | `task.updated` with the fields that change; none when nothing changes |
 //! | [`TaskCommand::CompleteTask`] | `active` | `task.completed` |
 //! | [`TaskCommand::DeleteTask`] | `active` | `task.deleted` |
 //! | [`TaskCommand::RestoreTask`] | `completed` or `deleted` | `task.restored` |
