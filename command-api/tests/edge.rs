@@ -719,6 +719,44 @@ async fn malformed_protobuf_is_invalid_argument_with_a_short_message(pool: PgPoo
     api.stop().await;
 }
 
+/// The gRPC status of a hand-made HTTP/2 request whose body is `body` as it is (no framing
+/// added): for frames no tonic client would send.
+async fn raw_frame(api: &Api, path: &str, body: &str) -> Status {
+    use tonic::codegen::Service;
+    let mut channel = api.channel.clone();
+    let request = tonic::codegen::http::Request::builder()
+        .method("POST")
+        .uri(format!("http://127.0.0.1{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("authorization", format!("Bearer {}", api.token))
+        .body(tonic::body::Body::new(body.to_owned()))
+        .unwrap();
+    std::future::poll_fn(|cx| channel.poll_ready(cx))
+        .await
+        .unwrap();
+    let response = channel.call(request).await.unwrap();
+    // Refused before a handler: trailers-only, so the status is in the headers.
+    Status::from_header_map(response.headers()).expect("a gRPC status in the headers")
+}
+
+#[sqlx::test(migrator = "event_store::MIGRATOR")]
+async fn a_truncated_grpc_frame_is_invalid_argument(pool: PgPool) {
+    let api = Api::start(pool).await;
+    // Uncompressed frame announcing 100 bytes ('d') but carrying 3.
+    let s = raw_frame(&api, "/annals.v1.TaskCommands/CreateTask", "\0\0\0\0dabc").await;
+    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    assert_eq!(
+        s.message(),
+        "request: cannot be decoded (malformed gRPC framing)"
+    );
+    // A compression flag that does not exist.
+    let s = raw_frame(&api, "/annals.v1.TaskCommands/CreateTask", "\u{7}\0\0\0\0").await;
+    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    assert_eq!(api.event_count().await, 0);
+    api.stop().await;
+}
+
 #[sqlx::test(migrator = "event_store::MIGRATOR")]
 async fn decode_failures_and_oversize_requests_are_counted_in_the_command_metrics(pool: PgPool) {
     let metrics: SocketAddr = {
