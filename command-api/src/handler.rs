@@ -46,7 +46,8 @@ pub struct CommandCall {
     pub principal: Principal,
     /// The validated envelope.
     pub envelope: Envelope,
-    /// SHA-256 of the RPC name, tenant, actor and encoded request: what "the same request" means.
+    /// SHA-256 of the RPC name, tenant, actor, parsed envelope and converted command: what
+    /// "the same request" means (however the client spelled its ids).
     pub fingerprint: [u8; 32],
     /// Peer address, when known.
     pub client_ip: Option<String>,

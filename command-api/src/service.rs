@@ -1,9 +1,11 @@
 //! The four gRPC command services, all implemented by [`CommandService`].
 //!
 //! Every RPC goes through [`CommandService::run`]: authenticate and authorize, validate the
-//! envelope, fingerprint the request, convert it to a domain command, execute, then record
-//! metrics and map the error (in [`crate::error`]). Each call runs in a `command` tracing span
-//! with `rpc`, `tenant`, `actor`, `command_id`, `aggregate_id` and `outcome`.
+//! envelope, convert the request to a domain command, fingerprint the converted command,
+//! execute, then record metrics and map the error (in [`crate::error`]). Requests refused before
+//! `run` (undecodable, over-size) are counted by [`refused_at_edge`] under the same metrics.
+//! Each call runs in a `command` tracing span with `rpc`, `tenant`, `actor`, `command_id`,
+//! `aggregate_id` and `outcome`.
 
 use std::future::Future;
 use std::time::Instant;

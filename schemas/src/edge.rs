@@ -19,6 +19,9 @@
 //!   task-local flag: the handler runs inside the future this wrapper polls). A tower layer
 //!   could not name the codec's error kind, and the codec alone cannot see framing errors nor
 //!   which method it decodes for; together they cover every path.
+//!
+//! `codec_path` applies to the generated clients too: a client of these services that receives
+//! an undecodable response also gets the short `INVALID_ARGUMENT` instead of `INTERNAL`.
 
 use std::convert::Infallible;
 use std::marker::PhantomData;
@@ -214,4 +217,57 @@ fn refused(
     };
     on_refused(method, outcome, started.elapsed());
     status.into_http()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_of(bytes: &[u8]) -> Status {
+        let e = crate::v1::CreateTaskRequest::decode(bytes).unwrap_err();
+        decode_failure(&e)
+    }
+
+    #[test]
+    fn decode_errors_become_one_short_sentence() {
+        // title (field 4) with a lone surrogate encoded as UTF-8.
+        let s = status_of(&[0x22, 3, 0xed, 0xa0, 0x80]);
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert_eq!(
+            s.message(),
+            "request: cannot be decoded (has a string field that is not valid UTF-8)"
+        );
+        // title as a varint.
+        let s = status_of(&[0x20, 7]);
+        assert_eq!(
+            s.message(),
+            "request: cannot be decoded (has a field with the wrong wire type)"
+        );
+        // title announcing 9 bytes, carrying 1.
+        let s = status_of(&[0x22, 9, b'a']);
+        assert_eq!(s.message(), "request: cannot be decoded (is truncated)");
+        // A Struct nested past prost's recursion limit.
+        let mut v = prost_types::Struct::default();
+        for _ in 0..60 {
+            let mut outer = prost_types::Struct::default();
+            outer.fields.insert(
+                "x".into(),
+                prost_types::Value {
+                    kind: Some(prost_types::value::Kind::StructValue(v)),
+                },
+            );
+            v = outer;
+        }
+        let deep = crate::v1::SubmitProblemRequest {
+            metadata: Some(v),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let e = crate::v1::SubmitProblemRequest::decode(deep.as_slice()).unwrap_err();
+        let s = decode_failure(&e);
+        assert_eq!(
+            s.message(),
+            "request: cannot be decoded (is nested too deeply)"
+        );
+    }
 }
