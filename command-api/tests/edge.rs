@@ -2,7 +2,8 @@
 //! test and the real projections:
 //!
 //! - a property test: arbitrary strings (NUL, controls, astral characters, overlong), integers
-//!   across the whole `u64` range, nested JSON and amount spellings go through the API; every
+//!   across the whole `u64` range, timestamps across the whole `i64` range, nested JSON and
+//!   amount spellings go through the API; every
 //!   command the API accepts is then applied by the real projections without a dead letter, and
 //!   every event has its audit row;
 //! - a fuzz-style property test over raw request bytes (hand-built invalid UTF-8, wrong wire
@@ -293,6 +294,23 @@ fn hostile_u64() -> impl Strategy<Value = u64> {
     ]
 }
 
+/// Seconds and nanos of a protobuf `Timestamp`, across the whole `i64`/`i32` range and around
+/// the edges of what chrono, RFC 3339 and Postgres hold.
+fn hostile_instant() -> impl Strategy<Value = (i64, i32)> {
+    let now = chrono::Utc::now().timestamp();
+    (
+        prop_oneof![
+            any::<i64>(),
+            (now + 60)..(now + 86_400 * 365 * 100),
+            Just(253_402_300_799i64),
+            Just(253_402_300_800i64),
+            Just(8_210_298_412_799i64),
+            Just(-62_135_596_800i64),
+        ],
+        prop_oneof![Just(0i32), any::<i32>(), 0i32..1_000_000_000],
+    )
+}
+
 fn amount() -> impl Strategy<Value = String> {
     prop_oneof![
         "[0-9]{1,7}(\\.[0-9]{1,5})?",
@@ -362,6 +380,7 @@ struct Case {
     reason: String,
     tokens: Option<u64>,
     amount: String,
+    due: Option<(i64, i32)>,
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -382,12 +401,13 @@ fn case() -> impl Strategy<Value = Case> {
             hostile_string(),
             proptest::option::of(hostile_u64()),
             amount(),
+            proptest::option::of(hostile_instant()),
         ),
     )
         .prop_map(
             |(
                 (title, description, tag, owner, raw_text, problem_title),
-                (metadata, agent_type, user, agent_config, reason, tokens, amount),
+                (metadata, agent_type, user, agent_config, reason, tokens, amount, due),
             )| Case {
                 title,
                 description,
@@ -402,6 +422,7 @@ fn case() -> impl Strategy<Value = Case> {
                 reason,
                 tokens,
                 amount,
+                due,
             },
         )
 }
@@ -429,6 +450,9 @@ async fn send_case(api: &Api, n: usize, c: &Case) -> usize {
         title: c.title.clone(),
         description: c.description.clone(),
         tags: vec![c.tag.clone()],
+        due_date: c
+            .due
+            .map(|(seconds, nanos)| prost_types::Timestamp { seconds, nanos }),
         ..Default::default()
     };
     check(api.tasks().create_task(api.req(task)).await);

@@ -274,10 +274,24 @@ pub(crate) fn opt_money(path: &str, s: Option<&String>) -> Result<Option<Money>,
     s.map(|s| money(path, s)).transpose()
 }
 
-/// A protobuf timestamp as UTC.
+/// First second accepted in a timestamp: 0001-01-01T00:00:00Z.
+const MIN_TIMESTAMP_SECONDS: i64 = -62_135_596_800;
+/// Last second accepted in a timestamp: 9999-12-31T23:59:59Z.
+const MAX_TIMESTAMP_SECONDS: i64 = 253_402_300_799;
+
+/// A protobuf timestamp as UTC, within years 1–9999: the range of the protobuf `Timestamp`
+/// itself, of RFC 3339 (how events store instants) and well inside Postgres `timestamptz`,
+/// which cannot hold the years before 4713 BC that chrono would accept.
 pub(crate) fn timestamp(path: &str, t: &prost_types::Timestamp) -> Result<DateTime<Utc>, ApiError> {
+    if !(MIN_TIMESTAMP_SECONDS..=MAX_TIMESTAMP_SECONDS).contains(&t.seconds) {
+        return Err(ApiError::invalid(
+            path,
+            "must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z",
+        ));
+    }
     u32::try_from(t.nanos)
         .ok()
+        .filter(|n| *n < 1_000_000_000)
         .and_then(|nanos| DateTime::from_timestamp(t.seconds, nanos))
         .ok_or_else(|| ApiError::invalid(path, "is not a valid timestamp"))
 }
@@ -819,6 +833,22 @@ mod edge_tests {
         let mut ok = prost_types::Struct::default();
         ok.fields.insert("k".into(), value("multi\nline 😀"));
         assert!(json_object("m", Some(&ok)).is_ok());
+    }
+
+    #[test]
+    fn timestamps_stay_within_years_1_to_9999() {
+        let at = |seconds, nanos| timestamp("t", &prost_types::Timestamp { seconds, nanos });
+        assert!(at(MIN_TIMESTAMP_SECONDS, 0).is_ok());
+        assert!(at(MAX_TIMESTAMP_SECONDS, 999_999_999).is_ok());
+        refused_at(at(MAX_TIMESTAMP_SECONDS + 1, 0), "t");
+        refused_at(at(MIN_TIMESTAMP_SECONDS - 1, 0), "t");
+        refused_at(at(i64::MIN, 0), "t");
+        refused_at(at(0, -1), "t");
+        refused_at(at(0, 1_000_000_000), "t");
+        assert_eq!(
+            at(MAX_TIMESTAMP_SECONDS, 0).unwrap().to_rfc3339(),
+            "9999-12-31T23:59:59+00:00"
+        );
     }
 
     #[test]
