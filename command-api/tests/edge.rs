@@ -284,6 +284,15 @@ fn hostile_string() -> impl Strategy<Value = String> {
     ]
 }
 
+/// Mostly an ordinary value, sometimes a hostile one: each command has several text fields, and
+/// the property needs plenty of accepted commands to say anything.
+fn mostly_clean() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => "[a-z][a-z0-9 ]{0,20}",
+        1 => hostile_string(),
+    ]
+}
+
 fn hostile_u64() -> impl Strategy<Value = u64> {
     prop_oneof![
         any::<u64>(),
@@ -313,13 +322,13 @@ fn hostile_instant() -> impl Strategy<Value = (i64, i32)> {
 
 fn amount() -> impl Strategy<Value = String> {
     prop_oneof![
-        "[0-9]{1,7}(\\.[0-9]{1,5})?",
-        Just("1e3".to_owned()),
-        Just("1_000".to_owned()),
-        Just(" 1.0".to_owned()),
-        Just("99999999999999999999999999999999".to_owned()),
-        Just("-1".to_owned()),
-        hostile_string(),
+        4 => "[1-9][0-9]{0,5}(\\.[0-9]{1,5})?",
+        1 => Just("1e3".to_owned()),
+        1 => Just("1_000".to_owned()),
+        1 => Just(" 1.0".to_owned()),
+        1 => Just("99999999999999999999999999999999".to_owned()),
+        1 => Just("-1".to_owned()),
+        1 => hostile_string(),
     ]
 }
 
@@ -330,7 +339,7 @@ fn json_value() -> impl Strategy<Value = prost_types::Value> {
         any::<f64>().prop_map(Kind::NumberValue),
         prop_oneof![Just(1e300), Just(-0.0), Just(9_007_199_254_740_993.0)]
             .prop_map(Kind::NumberValue),
-        hostile_string().prop_map(Kind::StringValue),
+        mostly_clean().prop_map(Kind::StringValue),
     ];
     leaf.prop_recursive(20, 64, 4, |inner| {
         prop_oneof![
@@ -357,7 +366,7 @@ fn json_value() -> impl Strategy<Value = prost_types::Value> {
 
 fn json_struct() -> impl Strategy<Value = Option<prost_types::Struct>> {
     proptest::option::of(
-        proptest::collection::btree_map(hostile_string(), json_value(), 0..4).prop_map(|fields| {
+        proptest::collection::btree_map(mostly_clean(), json_value(), 0..4).prop_map(|fields| {
             prost_types::Struct {
                 fields: fields.into_iter().collect(),
             }
@@ -386,19 +395,19 @@ struct Case {
 fn case() -> impl Strategy<Value = Case> {
     (
         (
-            hostile_string(),
-            proptest::option::of(hostile_string()),
-            hostile_string(),
-            hostile_string(),
-            hostile_string(),
-            proptest::option::of(hostile_string()),
+            mostly_clean(),
+            proptest::option::of(mostly_clean()),
+            mostly_clean(),
+            mostly_clean(),
+            mostly_clean(),
+            proptest::option::of(mostly_clean()),
         ),
         (
             json_struct(),
-            hostile_string(),
-            hostile_string(),
+            mostly_clean(),
+            mostly_clean(),
             json_struct(),
-            hostile_string(),
+            mostly_clean(),
             proptest::option::of(hostile_u64()),
             amount(),
             proptest::option::of(hostile_instant()),
@@ -494,9 +503,9 @@ async fn send_case(api: &Api, n: usize, c: &Case) -> usize {
         event_type: pb::GovernanceEventType::PreAgentSpawn as i32,
         framework_type: "policy".into(),
         approved: true,
-        reason: Some(c.reason.clone()),
-        validation_context: c.metadata.clone(),
-        decision_details: c.agent_config.clone(),
+        // Plain, so that the session reaches `running` and its cost is recorded; the hostile
+        // values of a decision are those of a session's JSON, tried at its creation.
+        reason: Some("approved".into()),
         ..Default::default()
     };
     check(api.governance().record_decision(api.req(decision)).await);
@@ -555,8 +564,14 @@ async fn every_accepted_command_is_projected_without_a_dead_letter(pool: PgPool)
             .await;
         assert_eq!(unaudited, 0, "events without an audit row after {c:#?}");
     }
-    // The property must not hold vacuously: plenty of the generated commands are accepted.
-    assert!(accepted > 0, "no generated command was accepted");
+    // The property must not hold vacuously: plenty of the generated commands are accepted
+    // (about two per case on average; a quarter of that is far from any unlucky draw).
+    let n = runner.config().cases as usize;
+    eprintln!("{accepted} commands accepted over {n} cases");
+    assert!(
+        accepted * 2 >= n,
+        "only {accepted} commands accepted over {n} cases"
+    );
     assert!(api.event_count().await > 0);
     api.stop().await;
 }
