@@ -1512,6 +1512,13 @@ impl tonic::codec::Decoder for RawCodec {
 
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn the_edge_refuses_negative_positions_two_tokens_and_undecodable_requests(pool: PgPool) {
+    // The only test of this binary that installs the recorder, and the only one sending the
+    // requests counted below.
+    let metrics: std::net::SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    query_api::telemetry::install_prometheus(metrics).unwrap();
     let api = Api::start(pool).await;
     let token = api.token(TENANT, Role::Analyst).await;
 
@@ -1547,7 +1554,7 @@ async fn the_edge_refuses_negative_positions_two_tokens_and_undecodable_requests
         .append("authorization", format!("Bearer {token}").parse().unwrap());
     expect_code(api.tasks().list_tasks(two).await, Code::Unauthenticated);
 
-    // GetTaskRequest.task_id (field 2) holding invalid UTF-8.
+    // GetSessionRequest.session_id (field 2) holding invalid UTF-8.
     let mut bytes = Vec::new();
     prost::encoding::encode_key(2, prost::encoding::WireType::LengthDelimited, &mut bytes);
     prost::encoding::encode_varint(3, &mut bytes);
@@ -1557,7 +1564,9 @@ async fn the_edge_refuses_negative_positions_two_tokens_and_undecodable_requests
     let s = expect_code(
         grpc.unary(
             req(&token, bytes),
-            tonic::codegen::http::uri::PathAndQuery::from_static("/annals.v1.TaskQueries/GetTask"),
+            tonic::codegen::http::uri::PathAndQuery::from_static(
+                "/annals.v1.AgentSessionQueries/GetSession",
+            ),
             RawCodec,
         )
         .await,
@@ -1582,5 +1591,31 @@ async fn the_edge_refuses_negative_positions_two_tokens_and_undecodable_requests
         Code::ResourceExhausted,
     );
     assert_eq!(s.message(), "request: is larger than the 65536-byte limit");
+
+    let text = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(metrics).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.unwrap();
+        body
+    };
+    // Other tests of this binary may run meanwhile: at least, not exactly (no other test sends
+    // an undecodable or over-size request, so these series exist only through this one).
+    for series in [
+        r#"annals_queries_total{rpc="GetSession",outcome="invalid_argument"} "#,
+        r#"annals_queries_total{rpc="ListTasks",outcome="resource_exhausted"} "#,
+    ] {
+        let count = text
+            .lines()
+            .find_map(|l| l.strip_prefix(series))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        assert!(
+            count.is_some_and(|c| c >= 1.0),
+            "{series} missing from:\n{text}"
+        );
+    }
     api.stop().await;
 }
