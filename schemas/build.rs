@@ -19,6 +19,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     let well_known = protoc_bin_vendored::include_path()?;
     tonic_prost_build::configure()
+        // Short INVALID_ARGUMENT for undecodable requests instead of tonic's INTERNAL with the
+        // decoder's full message (see `schemas::edge`).
+        .codec_path("crate::edge::EdgeCodec")
         .file_descriptor_set_path(out_dir.join("annals_descriptor.bin"))
         .compile_with_config(
             config,

@@ -72,7 +72,7 @@ impl AgentSessionStatus {
 }
 
 /// Commands of the agent-session aggregate (governed ones live in [`crate::governance`]).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum AgentSessionCommand {
     /// Create a session (the client chooses the id).
     CreateSession(CreateSession),
@@ -140,7 +140,7 @@ impl AgentSessionCommand {
 }
 
 /// Payload of [`AgentSessionCommand::CreateSession`].
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CreateSession {
     /// New session's id.
     pub session_id: AgentSessionId,

@@ -203,7 +203,7 @@ impl Aggregate for GovernanceDecision {
 }
 
 /// Commands that write a governance decision and an agent session together.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum GovernedCommand {
     /// Record a decision about a session and apply its effect.
     RecordDecision(RecordDecision),
@@ -230,7 +230,7 @@ impl GovernedCommand {
 }
 
 /// Payload of [`GovernedCommand::RecordDecision`].
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RecordDecision {
     /// New decision's id (client-chosen).
     pub decision_id: GovernanceDecisionId,
@@ -255,7 +255,7 @@ pub struct RecordDecision {
 }
 
 /// Payload of [`GovernedCommand::RecordTokenCost`].
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RecordTokenCost {
     /// Running session.
     pub session_id: AgentSessionId,

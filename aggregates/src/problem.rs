@@ -12,9 +12,9 @@
 //! | [`ProblemCommand::AdvanceStage`] | any non-terminal, target = next stage, and the entry rule below holds | `problem.stage_advanced` |
 //! | [`ProblemCommand::FailProblem`] | any non-terminal | `problem.failed` |
 //! | [`ProblemCommand::CancelProblem`] | any non-terminal | `problem.cancelled` |
-//! | [`ProblemCommand::DefineFrame`] | `framing` (redefining replaces: one frame per problem) | `problem.frame_defined` |
+//! | [`ProblemCommand::DefineFrame`] | `framing` (redefining replaces: one frame per problem; the same frame again writes nothing) | `problem.frame_defined` |
 //! | [`ProblemCommand::AddTreeNode`] | `tree_generation`; one root (no parent); a parent must exist; level = parent level + 1 | `problem.tree_node_added` |
-//! | [`ProblemCommand::PrioritizeNode`] | `prioritizing`; node exists (re-prioritising replaces) | `problem.node_prioritized` |
+//! | [`ProblemCommand::PrioritizeNode`] | `prioritizing`; node exists (re-prioritising replaces; the same input again writes nothing) | `problem.node_prioritized` |
 //! | [`ProblemCommand::CreateAnalysisPlan`] | `planning`; question node exists | `problem.analysis_plan_created` |
 //! | [`ProblemCommand::RecordAnalysisResult`] | `analyzing`; plan exists and has no result yet | `problem.analysis_result_recorded` |
 //! | [`ProblemCommand::AddRecommendation`] | `synthesizing` | `problem.recommendation_added` |
@@ -445,7 +445,7 @@ pub struct Feedback {
 // Commands
 
 /// Commands of the problem aggregate (see the module table for the allowed stages).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum ProblemCommand {
     /// Submit a new problem (the client chooses the id).
     SubmitProblem(SubmitProblem),
@@ -799,6 +799,8 @@ pub struct ProblemData {
     pub nodes: BTreeMap<NodeId, NodeInfo>,
     /// Derived priority score per prioritised node.
     pub priorities: BTreeMap<NodeId, Decimal>,
+    /// The last prioritisation input per node, so that re-sending it unchanged writes nothing.
+    pub priority_inputs: BTreeMap<NodeId, NodePriority>,
     /// Plans and, once recorded, their result.
     pub plans: BTreeMap<PlanId, Option<ResultId>>,
     /// Recommendations.
@@ -896,6 +898,11 @@ impl Aggregate for Problem {
             C::DefineFrame { frame, .. } => {
                 require_stage(p, S::Framing, "define the frame")?;
                 check_frame(&frame)?;
+                // Redefining the frame as it already is changes nothing and writes nothing
+                // (like an update that changes nothing; the API answers the current version).
+                if p.frame.as_ref() == Some(&frame) {
+                    return Ok(Vec::new());
+                }
                 ProblemEvent::FrameDefined(FrameDefined {
                     problem_id,
                     frame,
@@ -940,6 +947,9 @@ impl Aggregate for Problem {
             C::PrioritizeNode { priority, .. } => {
                 require_stage(p, S::Prioritizing, "prioritize nodes")?;
                 require_node(p, priority.node_id)?;
+                if p.priority_inputs.get(&priority.node_id) == Some(&priority) {
+                    return Ok(Vec::new());
+                }
                 ProblemEvent::NodePrioritized(NodePrioritized {
                     problem_id,
                     priority_score: priority.score(),
@@ -1106,6 +1116,7 @@ impl Aggregate for Problem {
                 frame: None,
                 nodes: BTreeMap::new(),
                 priorities: BTreeMap::new(),
+                priority_inputs: BTreeMap::new(),
                 plans: BTreeMap::new(),
                 recommendations: BTreeSet::new(),
                 deliverables: BTreeMap::new(),
@@ -1150,6 +1161,8 @@ impl Aggregate for Problem {
             }
             ProblemEvent::NodePrioritized(e) => {
                 p.priorities.insert(e.priority.node_id, e.priority_score);
+                p.priority_inputs
+                    .insert(e.priority.node_id, e.priority.clone());
                 p.updated_at = e.at;
             }
             ProblemEvent::AnalysisPlanCreated(e) => {
@@ -1734,6 +1747,30 @@ mod tests {
         given::<Problem>(history_until(ProblemStage::Framing))
             .when(add(1, None))
             .then_err("problem.invalid_stage");
+    }
+
+    #[test]
+    fn the_same_frame_or_priority_again_writes_nothing() {
+        let mut h = history_until(ProblemStage::Framing);
+        let define = || C::DefineFrame {
+            problem_id: pid(),
+            frame: frame(),
+        };
+        h.extend(given::<Problem>(h.clone()).when(define()).then_ok());
+        given::<Problem>(h).when(define()).then([]);
+
+        let mut h = history_until(ProblemStage::Prioritizing);
+        let prioritize = |impact| C::PrioritizeNode {
+            problem_id: pid(),
+            priority: priority(1, impact, 3),
+        };
+        h.extend(given::<Problem>(h.clone()).when(prioritize(7)).then_ok());
+        given::<Problem>(h.clone()).when(prioritize(7)).then([]);
+        assert_eq!(
+            given::<Problem>(h).when(prioritize(8)).then_ok().len(),
+            1,
+            "a changed input is written"
+        );
     }
 
     #[test]

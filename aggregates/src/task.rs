@@ -8,7 +8,7 @@
 //! | command | allowed when | events |
 //! |---|---|---|
 //! | [`TaskCommand::CreateTask`] | task does not exist; due date after `ctx.now` | `task.created` |
-//! | [`TaskCommand::UpdateTask`] | `active`; a new due date after `ctx.now` | `task.updated` |
+//! | [`TaskCommand::UpdateTask`] | `active`; a new due date after `ctx.now` | `task.updated` with the fields that change; none when nothing changes |
 //! | [`TaskCommand::CompleteTask`] | `active` | `task.completed` |
 //! | [`TaskCommand::DeleteTask`] | `active` | `task.deleted` |
 //! | [`TaskCommand::RestoreTask`] | `completed` or `deleted` | `task.restored` |
@@ -281,7 +281,7 @@ impl From<ReminderTarget> for RawReminderTarget {
 // Commands
 
 /// Commands of the task aggregate.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum TaskCommand {
     /// Create a task (the client chooses the id).
     CreateTask(CreateTask),
@@ -347,7 +347,7 @@ impl TaskCommand {
 }
 
 /// Payload of [`TaskCommand::CreateTask`].
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CreateTask {
     /// New task's id.
     pub task_id: TaskId,
@@ -374,7 +374,7 @@ pub struct CreateTask {
 }
 
 /// Payload of [`TaskCommand::UpdateTask`]; `Keep`/`None` fields stay unchanged.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct UpdateTask {
     /// Target task.
     pub task_id: TaskId,
@@ -409,6 +409,27 @@ impl UpdateTask {
         }
     }
 
+    /// The update minus the fields that already hold the requested value.
+    fn without_unchanged(self, task: &TaskData) -> Self {
+        fn patch<T: PartialEq>(p: Patch<T>, current: Option<&T>) -> Patch<T> {
+            match (&p, current) {
+                (Patch::Set(v), Some(c)) if v == c => Patch::Keep,
+                (Patch::Clear, None) => Patch::Keep,
+                _ => p,
+            }
+        }
+        UpdateTask {
+            task_id: self.task_id,
+            title: self.title.filter(|t| *t != task.title),
+            description: patch(self.description, task.description.as_ref()),
+            due_date: patch(self.due_date, task.due_date.as_ref()),
+            priority: patch(self.priority, task.priority.as_ref()),
+            tags: self.tags.filter(|t| *t != task.tags),
+            reminder_config: patch(self.reminder_config, task.reminder_config.as_ref()),
+            recurrence: patch(self.recurrence, task.recurrence.as_ref()),
+        }
+    }
+
     fn is_empty(&self) -> bool {
         self.title.is_none()
             && self.description.is_keep()
@@ -421,7 +442,7 @@ impl UpdateTask {
 }
 
 /// Payload of [`TaskCommand::ScheduleReminder`].
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ScheduleReminder {
     /// Target task.
     pub task_id: TaskId,
@@ -742,6 +763,12 @@ impl Aggregate for Task {
                         "update",
                         "an update must change at least one field",
                     ));
+                }
+                // An update that changes nothing writes nothing: the API answers it with the
+                // current version, like any command that decides no events.
+                let u = u.without_unchanged(task);
+                if u.is_empty() {
+                    return Ok(Vec::new());
                 }
                 if let Patch::Set(d) = u.due_date {
                     require_future("due_date", "task.due_date_in_past", d, now)?;
@@ -1241,6 +1268,30 @@ mod tests {
         given::<Task>([created()])
             .when(TaskCommand::CompleteTask { task_id: other })
             .then_err("task.stream_mismatch");
+    }
+
+    #[test]
+    fn an_update_that_changes_nothing_writes_nothing() {
+        let mut u = UpdateTask::new(id());
+        u.title = Some(TaskTitle::parse("Write report").unwrap());
+        u.priority = Patch::Set(Priority::High);
+        u.description = Patch::Clear;
+        u.tags = Some(Tags::parse(["work"]).unwrap());
+        given::<Task>([created()])
+            .when(TaskCommand::UpdateTask(u))
+            .then([]);
+        // Only the changed field is written.
+        let mut u = UpdateTask::new(id());
+        u.title = Some(TaskTitle::parse("Write report").unwrap());
+        u.priority = Patch::Set(Priority::Low);
+        let events = given::<Task>([created()])
+            .when(TaskCommand::UpdateTask(u))
+            .then_ok();
+        let [TaskEvent::Updated(e)] = events.as_slice() else {
+            panic!("expected one update, got {events:?}");
+        };
+        assert_eq!(e.title, None);
+        assert_eq!(e.priority, Patch::Set(Priority::Low));
     }
 
     #[test]

@@ -128,8 +128,44 @@ pub(crate) fn derived_uuid(name: &str) -> Uuid {
     Uuid::new_v5(&ANNALS_NAMESPACE, name.as_bytes())
 }
 
+/// Which characters a text field may hold besides printable ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextKind {
+    /// A name, title, tag or reference: one line, no control character at all.
+    Line,
+    /// Free text (descriptions, raw text, reasons): tab, line feed and carriage return allowed.
+    Free,
+}
+
+/// The one text rule of the edge: a value is accepted only if every read model, the audit log
+/// and an export can store it as given. NUL is refused everywhere (Postgres `text` and `jsonb`
+/// cannot hold it); other control characters (ANSI escapes, backspace, C1 controls) are refused
+/// because they are never content and rewrite terminals and logs that print them; free text may
+/// keep tab and line breaks.
+pub fn check_text(field: &'static str, s: &str, kind: TextKind) -> Result<(), DomainError> {
+    let Some((i, c)) = s.chars().enumerate().find(|(_, c)| match kind {
+        TextKind::Line => c.is_control(),
+        TextKind::Free => c.is_control() && !matches!(c, '\t' | '\n' | '\r'),
+    }) else {
+        return Ok(());
+    };
+    let (code, what) = if c == '\0' {
+        ("value.nul_character", "a NUL character")
+    } else {
+        ("value.control_character", "a control character")
+    };
+    Err(DomainError::invalid(
+        code,
+        field,
+        format!(
+            "{field} must not contain {what} (U+{:04X} at character {i})",
+            u32::from(c)
+        ),
+    ))
+}
+
 macro_rules! bounded_text {
-    ($(#[$doc:meta])* $name:ident, $field:literal, $min:expr, $max:expr, $code_empty:literal, $code_long:literal) => {
+    ($(#[$doc:meta])* $name:ident, $field:literal, $kind:expr, $min:expr, $max:expr, $code_empty:literal, $code_long:literal) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
@@ -141,8 +177,18 @@ macro_rules! bounded_text {
             /// Largest accepted length in characters (after trimming).
             pub const MAX_CHARS: usize = $max;
 
-            /// Trims surrounding whitespace and checks the length in characters (not bytes).
+            /// Trims surrounding whitespace, checks the length in characters (not bytes) and
+            /// the text rule ([`check_text`]).
             pub fn parse(s: impl AsRef<str>) -> Result<Self, DomainError> {
+                let v = Self::stored(s)?;
+                check_text($field, &v.0, $kind)?;
+                Ok(v)
+            }
+
+            /// The length rule only: how a payload read back from the store is checked.
+            /// Events written before the text rule may hold characters it now refuses;
+            /// refusing them on load would make their aggregate unreadable for good.
+            fn stored(s: impl AsRef<str>) -> Result<Self, DomainError> {
                 let t = s.as_ref().trim();
                 let n = t.chars().count();
                 if n < Self::MIN_CHARS {
@@ -171,7 +217,7 @@ macro_rules! bounded_text {
         impl TryFrom<String> for $name {
             type Error = DomainError;
             fn try_from(s: String) -> Result<Self, DomainError> {
-                Self::parse(s)
+                Self::stored(s)
             }
         }
 
@@ -191,39 +237,39 @@ macro_rules! bounded_text {
 
 bounded_text!(
     /// Problem title: 1–255 characters (seed `VARCHAR(255)`).
-    ProblemTitle, "title", 1, 255, "problem.title_empty", "problem.title_too_long"
+    ProblemTitle, "title", TextKind::Line, 1, 255, "problem.title_empty", "problem.title_too_long"
 );
 bounded_text!(
     /// The problem statement as submitted: 1–100,000 characters.
-    RawText, "raw_text", 1, 100_000, "problem.raw_text_empty", "problem.raw_text_too_long"
+    RawText, "raw_text", TextKind::Free, 1, 100_000, "problem.raw_text_empty", "problem.raw_text_too_long"
 );
 bounded_text!(
     /// Task title: 1–500 characters.
-    TaskTitle, "title", 1, 500, "task.title_empty", "task.title_too_long"
+    TaskTitle, "title", TextKind::Line, 1, 500, "task.title_empty", "task.title_too_long"
 );
 bounded_text!(
     /// A reference to a user or service (submitter, owner, created_by): 1–255 characters.
-    UserRef, "user", 1, 255, "value.user_empty", "value.user_too_long"
+    UserRef, "user", TextKind::Line, 1, 255, "value.user_empty", "value.user_too_long"
 );
 bounded_text!(
     /// A task tag: 1–50 characters.
-    Tag, "tags", 1, 50, "task.tag_empty", "task.tag_too_long"
+    Tag, "tags", TextKind::Line, 1, 50, "task.tag_empty", "task.tag_too_long"
 );
 bounded_text!(
     /// Persona identifier (seed `persona_id VARCHAR(100)`).
-    PersonaId, "persona_id", 1, 100, "agent_session.persona_id_empty", "agent_session.persona_id_too_long"
+    PersonaId, "persona_id", TextKind::Line, 1, 100, "agent_session.persona_id_empty", "agent_session.persona_id_too_long"
 );
 bounded_text!(
     /// Kind of agent (seed `agent_type VARCHAR(100)`).
-    AgentType, "agent_type", 1, 100, "agent_session.agent_type_empty", "agent_session.agent_type_too_long"
+    AgentType, "agent_type", TextKind::Line, 1, 100, "agent_session.agent_type_empty", "agent_session.agent_type_too_long"
 );
 bounded_text!(
     /// A file path or object key (seed `file_path VARCHAR(500)`).
-    FilePath, "file_path", 1, 500, "value.file_path_empty", "value.file_path_too_long"
+    FilePath, "file_path", TextKind::Line, 1, 500, "value.file_path_empty", "value.file_path_too_long"
 );
 bounded_text!(
     /// A MIME type (seed `mime_type VARCHAR(100)`).
-    MimeType, "mime_type", 1, 100, "value.mime_type_empty", "value.mime_type_too_long"
+    MimeType, "mime_type", TextKind::Line, 1, 100, "value.mime_type_empty", "value.mime_type_too_long"
 );
 
 /// General non-empty text (goals, summaries, reasons, list items): 1–10,000 characters.
@@ -238,8 +284,24 @@ impl Text {
     /// Largest accepted length in characters.
     pub const MAX_CHARS: usize = 10_000;
 
-    /// Trims and checks 1..=10,000 characters, reporting `field` on failure.
+    /// Trims and checks 1..=10,000 characters and the free-text rule ([`check_text`]),
+    /// reporting `field` on failure.
     pub fn parse(field: &'static str, s: impl AsRef<str>) -> Result<Self, DomainError> {
+        let v = Self::stored(field, s)?;
+        check_text(field, &v.0, TextKind::Free)?;
+        Ok(v)
+    }
+
+    /// Like [`Text::parse`] for a one-line value (a node title, a name): no control
+    /// character at all.
+    pub fn parse_line(field: &'static str, s: impl AsRef<str>) -> Result<Self, DomainError> {
+        let v = Self::stored(field, s)?;
+        check_text(field, &v.0, TextKind::Line)?;
+        Ok(v)
+    }
+
+    /// The length rule only, for payloads read back from the store (see `bounded_text`).
+    fn stored(field: &'static str, s: impl AsRef<str>) -> Result<Self, DomainError> {
         let t = s.as_ref().trim();
         let n = t.chars().count();
         if n == 0 {
@@ -271,7 +333,7 @@ impl Text {
 impl TryFrom<String> for Text {
     type Error = DomainError;
     fn try_from(s: String) -> Result<Self, DomainError> {
-        Self::parse("text", s)
+        Self::stored("text", s)
     }
 }
 
@@ -621,6 +683,41 @@ mod tests {
             ProblemTitle::parse("x".repeat(256)).unwrap_err().code(),
             "problem.title_too_long"
         );
+    }
+
+    #[test]
+    fn text_rule_refuses_nul_and_controls() {
+        for bad in ["a\0b", "\x1b[31mred", "a\u{7f}", "a\u{85}b", "a\nb", "a\tb"] {
+            let e = TaskTitle::parse(bad).unwrap_err();
+            assert!(
+                e.code() == "value.nul_character" || e.code() == "value.control_character",
+                "{bad:?}: {e:?}"
+            );
+        }
+        assert_eq!(Tag::parse("x\0").unwrap_err().code(), "value.nul_character");
+        assert_eq!(
+            Text::parse("description", "a\0").unwrap_err().code(),
+            "value.nul_character"
+        );
+        assert_eq!(
+            Text::parse("description", "\x1b[2J").unwrap_err().code(),
+            "value.control_character"
+        );
+        // Free text keeps tab and line breaks; astral characters are text like any other.
+        assert!(Text::parse("description", "line 1\r\n\tline 2 \u{1F600}").is_ok());
+        assert!(RawText::parse("a\nb").is_ok());
+        assert!(Text::parse_line("title", "a\nb").is_err());
+        let e = UserRef::parse("bob\u{1b}").unwrap_err();
+        assert_eq!(e.field(), Some("user"));
+        assert!(e.message().contains("U+001B"), "{}", e.message());
+    }
+
+    #[test]
+    fn stored_payloads_keep_the_length_rule_only() {
+        // An event written before the text rule must still load.
+        let t: TaskTitle = serde_json::from_str("\"a\\u001bb\"").unwrap();
+        assert_eq!(t.as_str(), "a\u{1b}b");
+        assert!(serde_json::from_str::<TaskTitle>("\"  \"").is_err());
     }
 
     #[test]

@@ -24,6 +24,8 @@
 
 use aggregates::agent_session::AgentSession;
 use aggregates::governance::{GovernanceDecision, GovernedCommand, decide_governed};
+use aggregates::task::Task;
+use aggregates::values::TaskId;
 use aggregates::{Aggregate, CommandContext, DomainError};
 use chrono::Utc;
 use event_store::aggregate::{self, Executed, Execution, Refusal, expected_after, new_events};
@@ -44,7 +46,8 @@ pub struct CommandCall {
     pub principal: Principal,
     /// The validated envelope.
     pub envelope: Envelope,
-    /// SHA-256 of the RPC name, tenant, actor and encoded request: what "the same request" means.
+    /// SHA-256 of the RPC name, tenant, actor, parsed envelope and converted command: what
+    /// "the same request" means (however the client spelled its ids).
     pub fingerprint: [u8; 32],
     /// Peer address, when known.
     pub client_ip: Option<String>,
@@ -140,6 +143,24 @@ where
         Err(Refusal::VersionMismatch { expected, actual }) => {
             Err(mismatch(&stream, expected, actual))
         }
+    }
+}
+
+/// Refuses a reference (`path`, e.g. `task.parent_task_id`) to a task that does not exist in
+/// the caller's tenant: a dangling parent would be stored and projected as if it were real.
+/// Another tenant's task is as absent as one never created.
+pub async fn require_task(
+    store: &EventStore,
+    call: &CommandCall,
+    path: &str,
+    id: TaskId,
+) -> Result<(), ApiError> {
+    let stream = stream_id(id.as_uuid())?;
+    let loaded = aggregate::load::<Task>(store, &call.principal.tenant, &stream).await?;
+    if loaded.is_some_and(|l| l.state.is_some()) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(path, format!("task {id} does not exist")))
     }
 }
 

@@ -12,12 +12,13 @@ use tokio::net::TcpListener;
 
 use crate::service::CommandService;
 use schemas::auth::{TokenCache, TokenCacheConfig, TokenStore};
+use schemas::edge::Guarded;
 
 /// Limits and timeouts of the server (the binary fills it from flags and environment).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
-    /// Largest accepted request message in bytes; larger ones are refused by tonic with
-    /// `OUT_OF_RANGE` before any handler runs.
+    /// Largest accepted request message in bytes; larger ones are refused with
+    /// `RESOURCE_EXHAUSTED` before any handler runs.
     pub max_request_bytes: usize,
     /// Longest a request may run; past it tonic answers `CANCELLED`.
     pub request_timeout: Duration,
@@ -64,12 +65,28 @@ pub async fn serve(
         TokenCache::new(tokens, config.token_cache),
     ));
     let limit = config.max_request_bytes;
-    let problems =
-        ProblemCommandsServer::from_arc(service.clone()).max_decoding_message_size(limit);
-    let tasks = TaskCommandsServer::from_arc(service.clone()).max_decoding_message_size(limit);
-    let sessions =
-        AgentSessionCommandsServer::from_arc(service.clone()).max_decoding_message_size(limit);
-    let governance = GovernanceCommandsServer::from_arc(service).max_decoding_message_size(limit);
+    // Requests refused before their handler (undecodable, over-size) are answered briefly and
+    // counted like the others (see `schemas::edge`).
+    let problems = Guarded::new(
+        ProblemCommandsServer::from_arc(service.clone()).max_decoding_message_size(limit),
+        limit,
+        crate::service::refused_at_edge,
+    );
+    let tasks = Guarded::new(
+        TaskCommandsServer::from_arc(service.clone()).max_decoding_message_size(limit),
+        limit,
+        crate::service::refused_at_edge,
+    );
+    let sessions = Guarded::new(
+        AgentSessionCommandsServer::from_arc(service.clone()).max_decoding_message_size(limit),
+        limit,
+        crate::service::refused_at_edge,
+    );
+    let governance = Guarded::new(
+        GovernanceCommandsServer::from_arc(service).max_decoding_message_size(limit),
+        limit,
+        crate::service::refused_at_edge,
+    );
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health

@@ -1,9 +1,11 @@
 //! The four gRPC command services, all implemented by [`CommandService`].
 //!
 //! Every RPC goes through [`CommandService::run`]: authenticate and authorize, validate the
-//! envelope, fingerprint the request, convert it to a domain command, execute, then record
-//! metrics and map the error (in [`crate::error`]). Each call runs in a `command` tracing span
-//! with `rpc`, `tenant`, `actor`, `command_id`, `aggregate_id` and `outcome`.
+//! envelope, convert the request to a domain command, fingerprint the converted command,
+//! execute, then record metrics and map the error (in [`crate::error`]). Requests refused before
+//! `run` (undecodable, over-size) are counted by [`refused_at_edge`] under the same metrics.
+//! Each call runs in a `command` tracing span with `rpc`, `tenant`, `actor`, `command_id`,
+//! `aggregate_id` and `outcome`.
 
 use std::future::Future;
 use std::time::Instant;
@@ -18,6 +20,7 @@ use schemas::v1::agent_session_commands_server::AgentSessionCommands;
 use schemas::v1::governance_commands_server::GovernanceCommands;
 use schemas::v1::problem_commands_server::ProblemCommands;
 use schemas::v1::task_commands_server::TaskCommands;
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -25,7 +28,7 @@ use tracing::field::Empty;
 
 use crate::convert;
 use crate::error::ApiError;
-use crate::handler::{CommandCall, Primary, Target, execute, execute_governed};
+use crate::handler::{CommandCall, Primary, Target, execute, execute_governed, require_task};
 use schemas::auth::{Principal, TokenCache};
 
 /// Longest user agent kept in event metadata.
@@ -91,16 +94,72 @@ has_envelope!(
     EmergencyStopRequest,
 );
 
-/// What "the same request" means for idempotency: the RPC, the caller and the request bytes
-/// (prost encodes deterministically; `Struct` maps are ordered).
-fn fingerprint(rpc: &str, principal: &Principal, message: &impl Message) -> [u8; 32] {
+/// Who called which RPC, before the request is converted: [`Caller::call_for`] turns it into
+/// the [`CommandCall`] of the converted command.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    rpc: &'static str,
+    principal: Principal,
+    envelope: convert::Envelope,
+    client_ip: Option<String>,
+    user_agent: Option<String>,
+}
+
+impl Caller {
+    /// The call of `command`, fingerprinted from the converted command.
+    fn call_for(self, command: &impl Serialize) -> CommandCall {
+        CommandCall {
+            fingerprint: fingerprint(self.rpc, &self.principal, &self.envelope, command),
+            principal: self.principal,
+            envelope: self.envelope,
+            client_ip: self.client_ip,
+            user_agent: self.user_agent,
+        }
+    }
+}
+
+/// What "the same request" means for idempotency: the RPC, the caller, the parsed envelope and
+/// the converted command (its JSON: field names, canonical ids, normalised decimals and text).
+/// Computed after conversion, never from the request bytes, so that a retry that spells a value
+/// differently (an id in upper case, braces or `urn:uuid:`, a title with other surrounding
+/// spaces) is the same request, and the fingerprint does not change with protobuf encoding
+/// details (field order, unknown fields).
+fn fingerprint(
+    rpc: &str,
+    principal: &Principal,
+    envelope: &convert::Envelope,
+    command: &impl Serialize,
+) -> [u8; 32] {
     let mut h = Sha256::new();
     for part in [rpc, &principal.tenant, &principal.actor] {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part.as_bytes());
     }
-    h.update(message.encode_to_vec());
+    h.update(envelope.command_id.as_bytes());
+    h.update(envelope.correlation_id.as_bytes());
+    match envelope.causation_id {
+        Some(id) => h.update([&[1u8][..], id.as_bytes()].concat()),
+        None => h.update([0u8]),
+    }
+    match envelope.expected_version {
+        Some(v) => h.update([&[1u8][..], &v.to_be_bytes()[..]].concat()),
+        None => h.update([0u8]),
+    }
+    // Serialising a converted command cannot fail (string keys, finite numbers); if it ever
+    // did, the fingerprint would still cover everything above.
+    if let Ok(json) = serde_json::to_vec(command) {
+        h.update(json);
+    }
     h.finalize().into()
+}
+
+/// Records a request refused before its handler (undecodable, over-size) under the same
+/// metrics as every other outcome ([`schemas::edge::Guarded`]).
+pub(crate) fn refused_at_edge(rpc: &str, outcome: &'static str, elapsed: std::time::Duration) {
+    metrics::counter!("annals_commands_total", "command" => rpc.to_owned(), "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!("annals_command_duration_seconds", "command" => rpc.to_owned())
+        .record(elapsed.as_secs_f64());
 }
 
 fn user_agent(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
@@ -128,9 +187,10 @@ impl CommandService {
     ) -> Result<Response<pb::CommandResult>, Status>
     where
         M: Message + HasEnvelope,
-        F: FnOnce(EventStore, CommandCall, M) -> Fut,
+        F: FnOnce(EventStore, Caller, M) -> Fut,
         Fut: Future<Output = Result<pb::CommandResult, ApiError>>,
     {
+        schemas::edge::mark_handled();
         let started = Instant::now();
         let span = tracing::info_span!(
             "command",
@@ -152,14 +212,14 @@ impl CommandService {
             let message = request.into_inner();
             let envelope = convert::envelope(message.envelope())?;
             span.record("command_id", tracing::field::display(envelope.command_id));
-            let call = CommandCall {
-                fingerprint: fingerprint(rpc, &principal, &message),
+            let caller = Caller {
+                rpc,
                 principal,
                 envelope,
                 client_ip,
                 user_agent,
             };
-            handle(self.store.clone(), call, message).await
+            handle(self.store.clone(), caller, message).await
         }
         .instrument(span.clone())
         .await;
@@ -195,44 +255,54 @@ impl CommandService {
 
 async fn problem(
     store: EventStore,
-    call: CommandCall,
+    caller: Caller,
     target: Target,
     command: Result<ProblemCommand, ApiError>,
 ) -> Result<pb::CommandResult, ApiError> {
     let command = command?;
+    let call = caller.call_for(&command);
     let id = command.problem_id().as_uuid();
     execute::<Problem>(&store, &call, "problem", target, id, command).await
 }
 
 async fn task(
     store: EventStore,
-    call: CommandCall,
+    caller: Caller,
     target: Target,
     command: Result<TaskCommand, ApiError>,
 ) -> Result<pb::CommandResult, ApiError> {
     let command = command?;
+    let call = caller.call_for(&command);
+    if let TaskCommand::CreateTask(c) = &command
+        && let Some(parent) = c.parent_task_id
+    {
+        require_task(&store, &call, "task.parent_task_id", parent).await?;
+    }
     let id = command.task_id().as_uuid();
     execute::<Task>(&store, &call, "task", target, id, command).await
 }
 
 async fn session(
     store: EventStore,
-    call: CommandCall,
+    caller: Caller,
     target: Target,
     command: Result<AgentSessionCommand, ApiError>,
 ) -> Result<pb::CommandResult, ApiError> {
     let command = command?;
+    let call = caller.call_for(&command);
     let id = command.session_id().as_uuid();
     execute::<AgentSession>(&store, &call, "session", target, id, command).await
 }
 
 async fn governed(
     store: EventStore,
-    call: CommandCall,
+    caller: Caller,
     primary: Primary,
     command: Result<aggregates::governance::GovernedCommand, ApiError>,
 ) -> Result<pb::CommandResult, ApiError> {
-    execute_governed(&store, &call, primary, command?).await
+    let command = command?;
+    let call = caller.call_for(&command);
+    execute_governed(&store, &call, primary, command).await
 }
 
 /// Generates a service impl whose methods all delegate to [`CommandService::run`]. The

@@ -6,6 +6,18 @@ use uuid::Uuid;
 
 use crate::error::QueryError;
 
+/// A request's `min_position`: 0 means "no wait", positions are never negative, so a
+/// negative value is a client bug refused rather than read as 0.
+pub fn min_position(v: i64) -> Result<i64, QueryError> {
+    if v < 0 {
+        return Err(QueryError::invalid(
+            "min_position",
+            format!("must not be negative (got {v})"),
+        ));
+    }
+    Ok(v)
+}
+
 /// An instant as a protobuf timestamp.
 pub fn ts(t: DateTime<Utc>) -> Timestamp {
     Timestamp {
@@ -44,6 +56,14 @@ pub fn filter(field: &'static str, s: &str) -> Result<Option<String>, QueryError
         return Err(QueryError::invalid(
             field,
             "must have at most 500 characters",
+        ));
+    }
+    // No stored value holds a control character (the command API refuses them), and Postgres
+    // cannot take NUL as a parameter at all: refuse rather than fail the query.
+    if s.chars().any(char::is_control) {
+        return Err(QueryError::invalid(
+            field,
+            "must not contain a NUL or other control character",
         ));
     }
     Ok(Some(s.to_owned()))
@@ -120,3 +140,20 @@ macro_rules! spellings {
     };
 }
 pub(crate) use spellings;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn min_position_and_filters_refuse_what_no_row_can_match() {
+        assert!(min_position(0).is_ok());
+        assert_eq!(
+            min_position(-5).unwrap_err().to_string(),
+            "min_position: must not be negative (got -5)"
+        );
+        assert!(filter("owner", "a\0b").is_err());
+        assert!(filter("owner", "\u{1b}[31m").is_err());
+        assert_eq!(filter("owner", "dana").unwrap().as_deref(), Some("dana"));
+    }
+}

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use schemas::auth::{TokenCache, TokenCacheConfig, TokenStore};
+use schemas::edge::Guarded;
 use schemas::v1::agent_session_queries_server::AgentSessionQueriesServer;
 use schemas::v1::audit_queries_server::AuditQueriesServer;
 use schemas::v1::governance_queries_server::GovernanceQueriesServer;
@@ -20,7 +21,8 @@ use crate::service::QueryService;
 /// Limits and timeouts of the server (the binary fills it from flags and environment).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
-    /// Largest accepted request message in bytes (queries are small; larger is `OUT_OF_RANGE`).
+    /// Largest accepted request message in bytes (queries are small; larger is
+    /// `RESOURCE_EXHAUSTED`).
     pub max_request_bytes: usize,
     /// Longest a unary request may run (including a `min_position` wait); past it tonic
     /// answers `CANCELLED`. Streamed exports are not cut by it once their stream has started.
@@ -74,6 +76,12 @@ async fn set_all(health: &tonic_health::server::HealthReporter, serving: bool) {
     }
 }
 
+/// A query server whose requests refused before their handler are answered briefly and
+/// counted like the others (see [`schemas::edge`]).
+fn guard<S>(server: S, limit: usize) -> Guarded<S> {
+    Guarded::new(server, limit, crate::service::refused_at_edge)
+}
+
 /// Serves the query API on `listener` until `shutdown` completes, then drains in-flight
 /// requests (tonic's graceful shutdown, at most [`schemas::runtime::DRAIN_GRACE`]) and returns. Health turns `NOT_SERVING` first, so
 /// load balancers stop sending new work.
@@ -114,21 +122,34 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(
+        .add_service(guard(
             ProblemQueriesServer::from_arc(service.clone()).max_decoding_message_size(limit),
-        )
-        .add_service(TaskQueriesServer::from_arc(service.clone()).max_decoding_message_size(limit))
-        .add_service(
+            limit,
+        ))
+        .add_service(guard(
+            TaskQueriesServer::from_arc(service.clone()).max_decoding_message_size(limit),
+            limit,
+        ))
+        .add_service(guard(
             AgentSessionQueriesServer::from_arc(service.clone()).max_decoding_message_size(limit),
-        )
-        .add_service(
+            limit,
+        ))
+        .add_service(guard(
             GovernanceQueriesServer::from_arc(service.clone()).max_decoding_message_size(limit),
-        )
-        .add_service(
+            limit,
+        ))
+        .add_service(guard(
             SummaryQueriesServer::from_arc(service.clone()).max_decoding_message_size(limit),
-        )
-        .add_service(AuditQueriesServer::from_arc(service.clone()).max_decoding_message_size(limit))
-        .add_service(HistoryQueriesServer::from_arc(service).max_decoding_message_size(limit))
+            limit,
+        ))
+        .add_service(guard(
+            AuditQueriesServer::from_arc(service.clone()).max_decoding_message_size(limit),
+            limit,
+        ))
+        .add_service(guard(
+            HistoryQueriesServer::from_arc(service).max_decoding_message_size(limit),
+            limit,
+        ))
         .serve_with_incoming_shutdown(schemas::runtime::incoming(listener), draining);
     // Bounded: idle client connections must not keep a stopping server alive.
     schemas::runtime::drain_within(server, began).await?;

@@ -1466,3 +1466,156 @@ async fn health_and_reflection_serve_every_query_service(pool: PgPool) {
     }
     api.stop().await;
 }
+
+/// A codec sending message bytes as they are, for requests no generated client would build.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use prost::bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use prost::bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn the_edge_refuses_negative_positions_two_tokens_and_undecodable_requests(pool: PgPool) {
+    // The only test of this binary that installs the recorder, and the only one sending the
+    // requests counted below.
+    let metrics: std::net::SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    query_api::telemetry::install_prometheus(metrics).unwrap();
+    let api = Api::start(pool).await;
+    let token = api.token(TENANT, Role::Analyst).await;
+
+    let s = expect_code(
+        api.tasks()
+            .list_tasks(req(
+                &token,
+                pb::ListTasksRequest {
+                    min_position: -5,
+                    ..Default::default()
+                },
+            ))
+            .await,
+        Code::InvalidArgument,
+    );
+    assert_eq!(s.message(), "min_position: must not be negative (got -5)");
+    let s = expect_code(
+        api.tasks()
+            .get_task(req(
+                &token,
+                pb::GetTaskRequest {
+                    min_position: -1,
+                    task_id: Uuid::now_v7().to_string(),
+                },
+            ))
+            .await,
+        Code::InvalidArgument,
+    );
+    assert!(s.message().starts_with("min_position:"), "{s:?}");
+
+    let mut two = req(&token, pb::ListTasksRequest::default());
+    two.metadata_mut()
+        .append("authorization", format!("Bearer {token}").parse().unwrap());
+    expect_code(api.tasks().list_tasks(two).await, Code::Unauthenticated);
+
+    // GetSessionRequest.session_id (field 2) holding invalid UTF-8.
+    let mut bytes = Vec::new();
+    prost::encoding::encode_key(2, prost::encoding::WireType::LengthDelimited, &mut bytes);
+    prost::encoding::encode_varint(3, &mut bytes);
+    bytes.extend_from_slice(&[0xed, 0xa0, 0x80]);
+    let mut grpc = tonic::client::Grpc::new(api.channel.clone());
+    grpc.ready().await.unwrap();
+    let s = expect_code(
+        grpc.unary(
+            req(&token, bytes),
+            tonic::codegen::http::uri::PathAndQuery::from_static(
+                "/annals.v1.AgentSessionQueries/GetSession",
+            ),
+            RawCodec,
+        )
+        .await,
+        Code::InvalidArgument,
+    );
+    assert_eq!(
+        s.message(),
+        "request: cannot be decoded (has a string field that is not valid UTF-8)"
+    );
+    // Over the 64 KiB default limit.
+    let mut grpc = tonic::client::Grpc::new(api.channel.clone());
+    grpc.ready().await.unwrap();
+    let s = expect_code(
+        grpc.unary(
+            req(&token, vec![0u8; 70 * 1024]),
+            tonic::codegen::http::uri::PathAndQuery::from_static(
+                "/annals.v1.TaskQueries/ListTasks",
+            ),
+            RawCodec,
+        )
+        .await,
+        Code::ResourceExhausted,
+    );
+    assert_eq!(s.message(), "request: is larger than the 65536-byte limit");
+
+    let text = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(metrics).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.unwrap();
+        body
+    };
+    // Other tests of this binary may run meanwhile: at least, not exactly (no other test sends
+    // an undecodable or over-size request, so these series exist only through this one).
+    for series in [
+        r#"annals_queries_total{rpc="GetSession",outcome="invalid_argument"} "#,
+        r#"annals_queries_total{rpc="ListTasks",outcome="resource_exhausted"} "#,
+    ] {
+        let count = text
+            .lines()
+            .find_map(|l| l.strip_prefix(series))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        assert!(
+            count.is_some_and(|c| c >= 1.0),
+            "{series} missing from:\n{text}"
+        );
+    }
+    api.stop().await;
+}

@@ -353,12 +353,16 @@ impl TokenStore {
 }
 
 /// The bearer token of a gRPC request's `authorization` metadata.
+///
+/// Exactly one `authorization` header: with two, proxies and servers disagree on which one
+/// counts (first, last, joined), so a request carrying two is refused rather than guessed.
 fn bearer(metadata: &tonic::metadata::MetadataMap) -> Result<&str, AuthError> {
-    let header = metadata
-        .get("authorization")
-        .ok_or(AuthError::Missing)?
-        .to_str()
-        .map_err(|_| AuthError::Invalid)?;
+    let mut headers = metadata.get_all("authorization").iter();
+    let header = headers.next().ok_or(AuthError::Missing)?;
+    if headers.next().is_some() {
+        return Err(AuthError::Invalid);
+    }
+    let header = header.to_str().map_err(|_| AuthError::Invalid)?;
     let token = header
         .strip_prefix("Bearer ")
         .or_else(|| header.strip_prefix("bearer "))
@@ -664,6 +668,16 @@ impl Principal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exactly_one_authorization_header() {
+        let mut m = tonic::metadata::MetadataMap::new();
+        assert!(matches!(bearer(&m), Err(AuthError::Missing)));
+        m.insert("authorization", "Bearer abc".parse().unwrap());
+        assert_eq!(bearer(&m).unwrap(), "abc");
+        m.append("authorization", "Bearer def".parse().unwrap());
+        assert!(matches!(bearer(&m), Err(AuthError::Invalid)));
+    }
 
     #[test]
     fn roles_round_trip_and_only_writers_write() {

@@ -18,10 +18,13 @@
 //! - [`auth`]: the API-edge contract both services share: bearer-token format, roles,
 //!   [`auth::Principal`], the token store (`api_tokens`, SHA-256 hashed) and the cache both
 //!   services verify tokens through ([`auth::TokenCache`], bounded revocation delay).
+//! - [`edge`]: what both servers answer for requests that never reach a handler (malformed
+//!   protobuf or framing, over-size): a codec and a server wrapper.
 //! - [`runtime`]: process plumbing both services share (shutdown signal, bounded drain,
 //!   Prometheus endpoint).
 
 pub mod auth;
+pub mod edge;
 pub mod runtime;
 
 /// Generated code of package `annals.v1`.

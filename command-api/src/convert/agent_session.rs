@@ -6,7 +6,7 @@ use aggregates::governance::{GovernedCommand, RecordTokenCost};
 use aggregates::values::{AgentSessionId, AgentType, PersonaId};
 use schemas::v1 as pb;
 
-use super::{at, id, json_object, money, opt_money, text, user_or};
+use super::{at, id, json_object, money, opt_bigint, opt_money, text, user_or};
 use crate::error::ApiError;
 
 pub(crate) fn session_id(s: &str) -> Result<AgentSessionId, ApiError> {
@@ -97,6 +97,6 @@ pub(crate) fn token_cost(r: &pb::RecordTokenCostRequest) -> Result<GovernedComma
     Ok(GovernedCommand::RecordTokenCost(RecordTokenCost {
         session_id: session_id(&r.session_id)?,
         amount: money("session.amount", &r.amount)?,
-        tokens: r.tokens,
+        tokens: opt_bigint("session.tokens", r.tokens)?,
     }))
 }

@@ -14,8 +14,9 @@ use aggregates::values::{
 use schemas::v1 as pb;
 
 use super::{
-    at, check_len, enum_value, id, json_object, list, opt_decimal, opt_enum_value, opt_id,
-    opt_money, opt_text, opt_timestamp, required, text, texts, user_or,
+    at, check_len, enum_value, id, json_object, line, list, opt_bigint, opt_decimal,
+    opt_enum_value, opt_id, opt_integer, opt_money, opt_text, opt_timestamp, required, text, texts,
+    user_or,
 };
 use crate::error::ApiError;
 
@@ -129,7 +130,7 @@ pub(crate) fn define_frame(r: &pb::DefineFrameRequest) -> Result<ProblemCommand,
         },
         kpis: list("problem.frame.kpis", &f.kpis, |p, k: &pb::Kpi| {
             Ok(Kpi {
-                name: text(&format!("{p}.name"), &k.name)?,
+                name: line(&format!("{p}.name"), &k.name)?,
                 baseline: opt_decimal(&format!("{p}.baseline"), k.baseline.as_ref())?,
                 target: opt_decimal(&format!("{p}.target"), k.target.as_ref())?,
                 window: opt_text(&format!("{p}.window"), k.window.as_ref())?,
@@ -165,7 +166,7 @@ pub(crate) fn add_tree_node(r: &pb::AddTreeNodeRequest) -> Result<ProblemCommand
         node: TreeNode {
             node_id: id("problem.node.node_id", &n.node_id, NodeId::new)?,
             parent_id: opt_id("problem.node.parent_id", &n.parent_id, NodeId::new)?,
-            title: text("problem.node.title", &n.title)?,
+            title: line("problem.node.title", &n.title)?,
             hypotheses: texts("problem.node.hypotheses", &n.hypotheses)?,
             required_data: texts("problem.node.required_data", &n.required_data)?,
             priority_hint: opt_level("problem.node.priority_hint", n.priority_hint)?,
@@ -195,7 +196,7 @@ pub(crate) fn prioritize(r: &pb::PrioritizeNodeRequest) -> Result<ProblemCommand
                 Feasibility::new(small("problem.priority.feasibility", p.feasibility)?),
             )?,
             rationale: opt_text("problem.priority.rationale", p.rationale.as_ref())?,
-            estimated_hours: p.estimated_hours,
+            estimated_hours: opt_integer("problem.priority.estimated_hours", p.estimated_hours)?,
             estimated_cost: opt_money(
                 "problem.priority.estimated_cost",
                 p.estimated_cost.as_ref(),
@@ -230,11 +231,11 @@ pub(crate) fn create_plan(r: &pb::CreateAnalysisPlanRequest) -> Result<ProblemCo
                         table: opt_text(&format!("{path}.table"), d.table.as_ref())?,
                         columns: texts(&format!("{path}.columns"), &d.columns)?,
                         filters: opt_text(&format!("{path}.filters"), d.filters.as_ref())?,
-                        sample_size: d.sample_size,
+                        sample_size: opt_bigint(&format!("{path}.sample_size"), d.sample_size)?,
                     })
                 },
             )?,
-            estimated_hours: p.estimated_hours,
+            estimated_hours: opt_integer("problem.plan.estimated_hours", p.estimated_hours)?,
             owner: opt_user("problem.plan.owner", p.owner.as_ref())?,
             dependencies: texts("problem.plan.dependencies", &p.dependencies)?,
             acceptance_criteria: texts("problem.plan.acceptance_criteria", &p.acceptance_criteria)?,
@@ -273,7 +274,10 @@ pub(crate) fn record_result(
             key_findings: texts("problem.result.key_findings", &res.key_findings)?,
             metrics: json_object("problem.result.metrics", res.metrics.as_ref())?,
             confidence: confidence("problem.result.confidence", res.confidence.as_ref())?,
-            execution_time_secs: res.execution_time_secs,
+            execution_time_secs: opt_integer(
+                "problem.result.execution_time_secs",
+                res.execution_time_secs,
+            )?,
             artifacts: list(
                 "problem.result.artifacts",
                 &res.artifacts,
@@ -289,7 +293,7 @@ pub(crate) fn record_result(
                             a.artifact_type,
                         )?,
                         file_path: at(&format!("{p}.file_path"), FilePath::parse(&a.file_path))?,
-                        file_size: a.file_size,
+                        file_size: opt_bigint(&format!("{p}.file_size"), a.file_size)?,
                         mime_type: opt_mime(&format!("{p}.mime_type"), a.mime_type.as_ref())?,
                         description: opt_text(&format!("{p}.description"), a.description.as_ref())?,
                     })
@@ -406,7 +410,7 @@ pub(crate) fn add_deliverable(r: &pb::AddDeliverableRequest) -> Result<ProblemCo
                 "problem.deliverable.file_path",
                 FilePath::parse(&d.file_path),
             )?,
-            file_size: d.file_size,
+            file_size: opt_bigint("problem.deliverable.file_size", d.file_size)?,
             mime_type: opt_mime("problem.deliverable.mime_type", d.mime_type.as_ref())?,
             expires_at: opt_timestamp("problem.deliverable.expires_at", d.expires_at.as_ref())?,
         },

@@ -8,8 +8,8 @@ use aggregates::values::{LeadTimeMinutes, RecurrenceInterval, ReminderId, TaskId
 use schemas::v1 as pb;
 
 use super::{
-    at, check_len, enum_value, id, opt_enum_value, opt_id, opt_text, opt_timestamp, patch,
-    required, text, timestamp, user_or,
+    at, check_len, check_line, enum_value, id, opt_enum_value, opt_id, opt_text, opt_timestamp,
+    patch, required, text, timestamp, user_or,
 };
 use crate::error::ApiError;
 
@@ -163,6 +163,7 @@ pub(crate) fn restore(r: &pb::RestoreTaskRequest) -> Result<TaskCommand, ApiErro
 
 /// `ScheduleReminder`.
 pub(crate) fn schedule_reminder(r: &pb::ScheduleReminderRequest) -> Result<TaskCommand, ApiError> {
+    check_line("task.destination", &r.destination)?;
     Ok(TaskCommand::ScheduleReminder(ScheduleReminder {
         task_id: task_id(&r.task_id)?,
         reminder_id: reminder_id(&r.reminder_id)?,

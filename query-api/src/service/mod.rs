@@ -175,6 +175,7 @@ impl QueryService {
         observe(rpc, async {
             let principal = self.principal(request.metadata()).await?;
             let req = request.into_inner();
+            crate::convert::min_position(req.min_position())?;
             let valid = validate(&req, &principal)?;
             let (mut session, position) = self
                 .reader
@@ -216,6 +217,7 @@ impl QueryService {
         observe(rpc, async {
             let principal = self.principal(request.metadata()).await?;
             let req = request.into_inner();
+            crate::convert::min_position(req.min_position())?;
             let valid = validate(&req, &principal)?;
             let attempt = Fast {
                 reader: &self.reader,
@@ -260,6 +262,7 @@ impl QueryService {
         observe(rpc, async {
             let principal = self.principal(request.metadata()).await?;
             let req = request.into_inner();
+            crate::convert::min_position(req.min_position())?;
             let valid = validate(&req, &principal)?;
             let position = self.reader.reach(model, req.min_position()).await?;
             let ctx = Ctx {
@@ -273,6 +276,15 @@ impl QueryService {
     }
 }
 
+/// Records a request refused before its handler (undecodable, over-size) under the same
+/// metrics as every other outcome ([`schemas::edge::Guarded`]).
+pub(crate) fn refused_at_edge(rpc: &str, outcome: &'static str, elapsed: std::time::Duration) {
+    metrics::histogram!("annals_query_duration_seconds", "rpc" => rpc.to_owned())
+        .record(elapsed.as_secs_f64());
+    metrics::counter!("annals_queries_total", "rpc" => rpc.to_owned(), "outcome" => outcome)
+        .increment(1);
+}
+
 /// Runs one RPC in a `query` span (rpc, tenant, actor, role, outcome), records
 /// `annals_query_duration_seconds{rpc}` and `annals_queries_total{rpc, outcome}`, and maps the
 /// error to a status.
@@ -280,6 +292,7 @@ pub(crate) async fn observe<T>(
     rpc: &'static str,
     work: impl Future<Output = Result<T, QueryError>>,
 ) -> Result<Response<T>, Status> {
+    schemas::edge::mark_handled();
     let started = Instant::now();
     let span = tracing::info_span!(
         "query",
