@@ -71,6 +71,9 @@
 //! - `notify`: [`Waker`], post-commit wake-ups coalesced per process (subscriptions, projections).
 //! - [`hash`] and `verify`: the hash chain and its verifier ([`VerifyReport`]);
 //!   `verify_range`: [`EventStore::verify_positions`] over a range of global positions.
+//! - [`chain`], [`checkpoint`], [`proof`]: the global chain (one Merkle tree over every event in
+//!   position order, sealed off the hot path), its Ed25519-signed checkpoints, the verifier
+//!   against a checkpoint, and offline-checkable inclusion proofs.
 //! - [`wire`]: the Kafka wire format (topic per stream type, JSON [`wire::Envelope`], header
 //!   names): pure serde, shared by the relay and Kafka consumers.
 //! - The outbox relay to Kafka is the crate `annals-relay` in `relay/` (with its binary), so that
@@ -78,9 +81,12 @@
 //! - The schema lives in the workspace's `migrations/`; apply it with [`migrate`].
 
 pub mod aggregate;
+pub mod chain;
+pub mod checkpoint;
 pub mod error;
 pub mod hash;
 mod notify;
+pub mod proof;
 mod store;
 mod subscription;
 pub mod types;
@@ -89,8 +95,11 @@ mod verify_range;
 pub mod wire;
 pub mod writer;
 
+pub use chain::{ChainHead, SealerOptions, run_sealer};
+pub use checkpoint::{ChainFault, ChainFinding, ChainReport, CheckpointOptions, SignedCheckpoint};
 pub use error::StoreError;
 pub use notify::Waker;
+pub use proof::InclusionProof;
 pub use store::{EventStore, PositionEpoch, load_checkpoint, save_checkpoint};
 pub use subscription::{NOTIFY_CHANNEL, Subscription, SubscriptionOptions};
 pub use types::{
