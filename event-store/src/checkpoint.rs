@@ -177,6 +177,36 @@ pub fn verifying_key_from_hex(text: &str) -> Result<VerifyingKey, StoreError> {
         .map_err(|_| StoreError::Checkpoint("not an Ed25519 public key".into()))
 }
 
+/// The environment variable a process reads its checkpoint signing key from when no key file
+/// is given (64 hex digits: the Ed25519 seed).
+pub const KEY_ENV: &str = "ANNALS_CHECKPOINT_KEY";
+
+/// The checkpoint signing key of a process: from `file` when given, else from the environment
+/// variable [`KEY_ENV`]; `None` when neither is set (the process then seals without signing).
+pub fn load_signing_key(file: Option<&Path>) -> Result<Option<SigningKey>, StoreError> {
+    let text = match file {
+        Some(path) => std::fs::read_to_string(path).map_err(|e| {
+            StoreError::Checkpoint(format!("cannot read key file {}: {e}", path.display()))
+        })?,
+        None => match std::env::var(KEY_ENV) {
+            Ok(v) if !v.trim().is_empty() => v,
+            _ => return Ok(None),
+        },
+    };
+    signing_key_from_hex(&text).map(Some)
+}
+
+/// A public key given as 64 hex digits or as the path of a file holding them.
+pub fn verifying_key_from_arg(arg: &str) -> Result<VerifyingKey, StoreError> {
+    let path = Path::new(arg);
+    if path.is_file() {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| StoreError::Checkpoint(format!("cannot read {}: {e}", path.display())))?;
+        return verifying_key_from_hex(&text);
+    }
+    verifying_key_from_hex(arg)
+}
+
 /// Appends a checkpoint as one JSON line to `path` (created if missing) and syncs it to disk.
 pub fn append_checkpoint_file(path: &Path, checkpoint: &SignedCheckpoint) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(checkpoint)?;
