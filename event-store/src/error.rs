@@ -66,7 +66,7 @@ pub enum StoreError {
 
     /// A signed checkpoint or an inclusion proof is malformed, or its signature does not verify
     /// with the given public key (the caller's input, not the store, is at fault).
-    #[error("invalid checkpoint: {0}")]
+    #[error("invalid checkpoint or proof: {0}")]
     Checkpoint(String),
 
     /// The database failed or could not be reached.
