@@ -516,7 +516,11 @@ impl EventStore {
         let chain_ok = rec.count() == n && rec.frontier.root() == checkpoint.root_hash;
         let mut first_bad = None;
         if !chain_ok {
-            first_bad = Some(locate(&mut tx, checkpoint, &rec, &stored).await?);
+            let mut found = locate(&mut tx, checkpoint, &rec, &stored).await?;
+            if !found.exact {
+                narrow(&mut tx, key, &rec, &mut found).await?;
+            }
+            first_bad = Some(found);
         }
         // A broken per-stream chain whose leaf precedes the located one comes first.
         if let Some(t) = streams_broken.first()
@@ -745,6 +749,65 @@ async fn locate(
         }
     }
     Ok(finding(idx, signed_position, true, idx + 1))
+}
+
+/// Narrows a bad leaf the stored tree could not locate with the other checkpoints `key` signed:
+/// each proves its prefix, so the first bad leaf lies between the longest prefix that still
+/// recomputes and the shortest that does not (a binary search; each probe rehashes a prefix).
+async fn narrow(
+    conn: &mut PgConnection,
+    key: &VerifyingKey,
+    rec: &Recomputed,
+    finding: &mut ChainFinding,
+) -> Result<(), StoreError> {
+    let rows = sqlx::query(
+        "SELECT leaf_count, last_position, root_hash, signed_at, key_id, signature \
+           FROM annals_checkpoints \
+          WHERE key_id = $1 AND leaf_count > $2 AND leaf_count < $3 ORDER BY leaf_count",
+    )
+    .bind(key_id(key))
+    .bind(to_i64(finding.leaf_index))
+    .bind(to_i64(finding.range_end))
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut signed: Vec<SignedCheckpoint> = Vec::new();
+    for row in &rows {
+        let cp = decode_checkpoint(row)?;
+        // The table is not trusted: only what the key signed counts.
+        if cp.verify_signature(key).is_ok()
+            && signed.last().is_none_or(|l| l.leaf_count < cp.leaf_count)
+        {
+            signed.push(cp);
+        }
+    }
+    let holds = |cp: &SignedCheckpoint| {
+        cp.leaf_count <= rec.count() && rec.range_root(0, cp.leaf_count) == cp.root_hash
+    };
+    // Prefixes that hold come first: find the first that does not.
+    let (mut lo, mut hi) = (0, signed.len());
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if holds(&signed[mid]) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    if lo > 0 {
+        finding.leaf_index = signed[lo - 1].leaf_count;
+    }
+    if let Some(bad) = signed.get(lo) {
+        finding.range_end = bad.leaf_count;
+    }
+    finding.found_position = rec.position(finding.leaf_index);
+    finding.global_position = finding.found_position;
+    finding.fault = if finding.leaf_index >= rec.count() {
+        ChainFault::Missing
+    } else {
+        ChainFault::NotAsSigned
+    };
+    finding.exact = finding.range_end == finding.leaf_index + 1;
+    Ok(())
 }
 
 /// Leaves `[from, to)` covered by node `(level, idx)`.
