@@ -27,6 +27,11 @@
 //!   chain in Rust ([`hash`]) and names the first bad event of each stream: changed bytes,
 //!   deleted or swapped rows, truncated tails. Events are also guarded by a trigger that refuses
 //!   UPDATE, DELETE and TRUNCATE.
+//! - **Global chain and signed checkpoints.** A sealer ([`chain::run_sealer`]) folds every event,
+//!   in position order, into one Merkle tree after commit; Ed25519 checkpoints of its root
+//!   ([`SignedCheckpoint`]) let [`EventStore::verify_checkpoint`] catch what per-stream chains
+//!   cannot (a deleted stream or transaction, a rewrite with every hash recomputed) and name the
+//!   first bad leaf; [`InclusionProof`]s are checked offline with the public key.
 //! - **Reading.** Streams forward/backward from a version ([`EventStore::read_stream`]); all
 //!   events after a position in batches ([`EventStore::read_all`]); a live [`Subscription`]
 //!   woken by `LISTEN/NOTIFY` with catch-up reads.
