@@ -7,6 +7,9 @@
 --   owner's rights, pinned search_path) and are executable by `annals_service` only, not by
 --   PUBLIC. A later migration that replaces one of them must say SECURITY DEFINER and SET
 --   search_path again: CREATE OR REPLACE resets both (the roles tests would then fail to append).
+-- * the global chain (annals_chain_leaves, annals_chain_nodes) and the signed checkpoints:
+--   SELECT and INSERT; the sealer's progress row annals_chain_state: SELECT and UPDATE. (The
+--   chain's trust rests on the signatures, not on these grants: they only keep mistakes out.)
 -- * audit_log: SELECT and INSERT. Its trigger refuses UPDATE and DELETE to everyone, and TRUNCATE
 --   (the rebuild swap's maintenance path) now also needs membership in the table owner's role,
 --   so `annals.audit_swap` alone no longer switches the guard off.
@@ -23,7 +26,10 @@ DO $$
 DECLARE
     t TEXT;
     f REGPROCEDURE;
-    append_only TEXT[] := ARRAY['audit_log'];
+    append_only TEXT[] := ARRAY['audit_log', 'annals_chain_leaves', 'annals_chain_nodes',
+                                'annals_checkpoints'];
+    -- The sealer's one progress row: it moves forward, it is never inserted or removed.
+    progress_only TEXT[] := ARRAY['annals_chain_state'];
     read_only TEXT[] := ARRAY['events', 'streams', 'command_log', 'annals_position_epochs',
                               '_sqlx_migrations'];
 BEGIN
@@ -46,6 +52,8 @@ BEGIN
             EXECUTE format('GRANT SELECT ON public.%I TO annals_service', t);
         ELSIF t = ANY (append_only) THEN
             EXECUTE format('GRANT SELECT, INSERT ON public.%I TO annals_service', t);
+        ELSIF t = ANY (progress_only) THEN
+            EXECUTE format('GRANT SELECT, UPDATE ON public.%I TO annals_service', t);
         ELSE
             EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON public.%I TO annals_service', t);
         END IF;

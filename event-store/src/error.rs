@@ -87,6 +87,11 @@ pub enum StoreError {
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
 
+    /// A signed checkpoint or an inclusion proof is malformed, or its signature does not verify
+    /// with the given public key (the caller's input, not the store, is at fault).
+    #[error("invalid checkpoint or proof: {0}")]
+    Checkpoint(String),
+
     /// The database failed or could not be reached.
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),

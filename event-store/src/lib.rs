@@ -27,6 +27,11 @@
 //!   chain in Rust ([`hash`]) and names the first bad event of each stream: changed bytes,
 //!   deleted or swapped rows, truncated tails. Events are also guarded by a trigger that refuses
 //!   UPDATE, DELETE and TRUNCATE.
+//! - **Global chain and signed checkpoints.** A sealer ([`chain::run_sealer`]) folds every event,
+//!   in position order, into one Merkle tree after commit; Ed25519 checkpoints of its root
+//!   ([`SignedCheckpoint`]) let [`EventStore::verify_checkpoint`] catch what per-stream chains
+//!   cannot (a deleted stream or transaction, a rewrite with every hash recomputed) and name the
+//!   first bad leaf; [`InclusionProof`]s are checked offline with the public key.
 //! - **Reading.** Streams forward/backward from a version ([`EventStore::read_stream`]); all
 //!   events after a position in batches ([`EventStore::read_all`]); a live [`Subscription`]
 //!   woken by `LISTEN/NOTIFY` with catch-up reads.
@@ -71,6 +76,9 @@
 //! - `notify`: [`Waker`], post-commit wake-ups coalesced per process (subscriptions, projections).
 //! - [`hash`] and `verify`: the hash chain and its verifier ([`VerifyReport`]);
 //!   `verify_range`: [`EventStore::verify_positions`] over a range of global positions.
+//! - [`chain`], [`checkpoint`], [`proof`]: the global chain (one Merkle tree over every event in
+//!   position order, sealed off the hot path), its Ed25519-signed checkpoints, the verifier
+//!   against a checkpoint, and offline-checkable inclusion proofs.
 //! - [`wire`]: the Kafka wire format (topic per stream type, JSON [`wire::Envelope`], header
 //!   names): pure serde, shared by the relay and Kafka consumers.
 //! - The outbox relay to Kafka is the crate `annals-relay` in `relay/` (with its binary), so that
@@ -78,9 +86,12 @@
 //! - The schema lives in the workspace's `migrations/`; apply it with [`migrate`].
 
 pub mod aggregate;
+pub mod chain;
+pub mod checkpoint;
 pub mod error;
 pub mod hash;
 mod notify;
+pub mod proof;
 pub mod roles;
 mod store;
 mod subscription;
@@ -90,8 +101,11 @@ mod verify_range;
 pub mod wire;
 pub mod writer;
 
+pub use chain::{ChainHead, SealerOptions, run_sealer};
+pub use checkpoint::{ChainFault, ChainFinding, ChainReport, CheckpointOptions, SignedCheckpoint};
 pub use error::StoreError;
 pub use notify::Waker;
+pub use proof::InclusionProof;
 pub use roles::{ConnectionRole, ServiceAccess, connection_role, prepare_service};
 pub use store::{EventStore, PositionEpoch, load_checkpoint, save_checkpoint};
 pub use subscription::{NOTIFY_CHANNEL, Subscription, SubscriptionOptions};

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use serde::Serialize;
-use sqlx::Row;
+use sqlx::{PgConnection, Row};
 
 use crate::error::StoreError;
 use crate::hash::{GENESIS, event_hash};
@@ -173,6 +173,12 @@ impl EventStore {
                AND ($3::text IS NULL OR stream_id <= $3) \
              ORDER BY stream_id, stream_version LIMIT $4"
         );
+        // One snapshot for events and heads: read apart, an append committing in between made
+        // a healthy stream look truncated.
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
         let mut report = VerifyReport::default();
         let mut cursor = (first.map_or(String::new(), |f| f.to_owned()), 0_i64);
         let mut walk: Option<ChainWalk> = None;
@@ -182,17 +188,17 @@ impl EventStore {
                 .bind(cursor.1)
                 .bind(last)
                 .bind(PAGE)
-                .fetch_all(self.pool())
+                .fetch_all(&mut *tx)
                 .await?;
             let events = rows
                 .iter()
                 .map(decode_event)
                 .collect::<Result<Vec<_>, _>>()?;
-            let heads = self.heads_of(&events).await?;
+            let heads = heads_of(&mut tx, &events).await?;
             for event in &events {
                 if walk.as_ref().is_none_or(|w| w.stream_id != event.stream_id) {
                     if let Some(done) = walk.take() {
-                        self.finish_walk(done, &heads, &mut report).await?;
+                        finish_walk(&mut tx, done, &heads, &mut report).await?;
                     }
                     walk = Some(ChainWalk::new(&event.stream_id));
                 }
@@ -210,7 +216,7 @@ impl EventStore {
         }
         if let Some(done) = walk.take() {
             let heads = HashMap::new();
-            self.finish_walk(done, &heads, &mut report).await?;
+            finish_walk(&mut tx, done, &heads, &mut report).await?;
         }
 
         // Heads whose events are all gone.
@@ -222,8 +228,9 @@ impl EventStore {
         )
         .bind(first)
         .bind(last)
-        .fetch_all(self.pool())
+        .fetch_all(&mut *tx)
         .await?;
+        tx.commit().await?;
         for row in orphans {
             report.streams_checked += 1;
             report.tampered.push(Tampering {
@@ -238,43 +245,48 @@ impl EventStore {
             .sort_by(|a, b| a.stream_id.cmp(&b.stream_id));
         Ok(report)
     }
+}
 
-    async fn heads_of(
-        &self,
-        events: &[RecordedEvent],
-    ) -> Result<HashMap<String, StreamHead>, StoreError> {
-        let mut ids: Vec<&str> = events.iter().map(|e| e.stream_id.as_str()).collect();
-        ids.dedup();
-        let rows = sqlx::query(
-            "SELECT stream_id, stream_type, tenant_id, version, last_hash FROM streams \
+async fn heads_of(
+    conn: &mut PgConnection,
+    events: &[RecordedEvent],
+) -> Result<HashMap<String, StreamHead>, StoreError> {
+    let mut ids: Vec<&str> = events.iter().map(|e| e.stream_id.as_str()).collect();
+    ids.dedup();
+    let rows = sqlx::query(
+        "SELECT stream_id, stream_type, tenant_id, version, last_hash FROM streams \
              WHERE stream_id = ANY($1)",
-        )
-        .bind(&ids)
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|r| decode_head(r).map(|h| (h.stream_id.clone(), h)))
-            .collect()
-    }
+    )
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| decode_head(r).map(|h| (h.stream_id.clone(), h)))
+        .collect()
+}
 
-    /// Closes a stream's walk against its head (fetched on demand when the stream spans pages).
-    async fn finish_walk(
-        &self,
-        walk: ChainWalk,
-        heads: &HashMap<String, StreamHead>,
-        report: &mut VerifyReport,
-    ) -> Result<(), StoreError> {
-        let head = match heads.get(&walk.stream_id) {
-            Some(h) => Some(h.clone()),
-            None => match StreamId::new(walk.stream_id.clone()) {
-                Ok(id) => self.stream_head(&id).await?,
-                Err(_) => None,
-            },
-        };
-        report.streams_checked += 1;
-        if let Some(t) = walk.finish(head.as_ref()) {
-            report.tampered.push(t);
-        }
-        Ok(())
+/// Closes a stream's walk against its head (fetched on demand when the stream spans pages).
+async fn finish_walk(
+    conn: &mut PgConnection,
+    walk: ChainWalk,
+    heads: &HashMap<String, StreamHead>,
+    report: &mut VerifyReport,
+) -> Result<(), StoreError> {
+    let head = match heads.get(&walk.stream_id) {
+        Some(h) => Some(h.clone()),
+        None => sqlx::query(
+            "SELECT stream_id, stream_type, tenant_id, version, last_hash FROM streams \
+                 WHERE stream_id = $1",
+        )
+        .bind(&walk.stream_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|r| decode_head(&r))
+        .transpose()?,
+    };
+    report.streams_checked += 1;
+    if let Some(t) = walk.finish(head.as_ref()) {
+        report.tampered.push(t);
     }
+    Ok(())
 }

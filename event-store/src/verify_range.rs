@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use sqlx::Row;
+use sqlx::{PgConnection, Row};
 
 use crate::error::StoreError;
 use crate::hash::{GENESIS, event_hash};
@@ -48,6 +48,11 @@ impl EventStore {
         const PREDECESSORS: &str = "SELECT e.stream_id, e.hash FROM events e \
              JOIN unnest($1::text[], $2::bigint[]) AS p(stream_id, stream_version) \
                ON e.stream_id = p.stream_id AND e.stream_version = p.stream_version";
+        // One snapshot for the whole range (and the predecessors read on the way).
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
         let mut report = VerifyReport::default();
         let mut links: HashMap<String, Link> = HashMap::new();
         let mut after = from.0.saturating_sub(1);
@@ -57,14 +62,13 @@ impl EventStore {
                 .bind(to.0)
                 .bind(tenant)
                 .bind(PAGE)
-                .fetch_all(self.pool())
+                .fetch_all(&mut *tx)
                 .await?;
             let events = rows
                 .iter()
                 .map(decode_event)
                 .collect::<Result<Vec<_>, _>>()?;
-            self.link_new_streams(&events, &mut links, PREDECESSORS)
-                .await?;
+            link_new_streams(&mut tx, &events, &mut links, PREDECESSORS).await?;
             for event in &events {
                 report.events_checked += 1;
                 let Some(link) = links.get_mut(&event.stream_id) else {
@@ -98,64 +102,65 @@ impl EventStore {
                 _ => break,
             }
         }
+        tx.commit().await?;
         report.streams_checked = links.len() as u64;
         report
             .tampered
             .sort_by(|a, b| a.stream_id.cmp(&b.stream_id));
         Ok(report)
     }
+}
 
-    async fn link_new_streams(
-        &self,
-        events: &[RecordedEvent],
-        links: &mut HashMap<String, Link>,
-        predecessors: &str,
-    ) -> Result<(), StoreError> {
-        let mut ids = Vec::new();
-        let mut versions = Vec::new();
-        for event in events {
-            if links.contains_key(&event.stream_id) {
-                continue;
-            }
-            links.insert(
-                event.stream_id.clone(),
-                Link {
-                    next_version: event.stream_version,
-                    prev: GENESIS,
-                    failed: false,
-                },
-            );
-            if event.stream_version > 1 {
-                ids.push(event.stream_id.clone());
-                versions.push(i64::try_from(event.stream_version - 1).unwrap_or(i64::MAX));
-            }
+async fn link_new_streams(
+    conn: &mut PgConnection,
+    events: &[RecordedEvent],
+    links: &mut HashMap<String, Link>,
+    predecessors: &str,
+) -> Result<(), StoreError> {
+    let mut ids = Vec::new();
+    let mut versions = Vec::new();
+    for event in events {
+        if links.contains_key(&event.stream_id) {
+            continue;
         }
-        if ids.is_empty() {
-            return Ok(());
+        links.insert(
+            event.stream_id.clone(),
+            Link {
+                next_version: event.stream_version,
+                prev: GENESIS,
+                failed: false,
+            },
+        );
+        if event.stream_version > 1 {
+            ids.push(event.stream_id.clone());
+            versions.push(i64::try_from(event.stream_version - 1).unwrap_or(i64::MAX));
         }
-        let rows = sqlx::query(predecessors)
-            .bind(&ids)
-            .bind(&versions)
-            .fetch_all(self.pool())
-            .await?;
-        let mut found: HashMap<String, [u8; 32]> = HashMap::with_capacity(rows.len());
-        for row in rows {
-            let hash: Vec<u8> = row.try_get("hash")?;
-            let hash: [u8; 32] = hash
-                .try_into()
-                .map_err(|_| StoreError::Corrupt("hash is not 32 bytes".into()))?;
-            found.insert(row.try_get("stream_id")?, hash);
-        }
-        for id in ids {
-            if let Some(link) = links.get_mut(&id) {
-                match found.get(&id) {
-                    Some(hash) => link.prev = *hash,
-                    // The predecessor is gone: expecting it makes the first event in range
-                    // report exactly that version as missing.
-                    None => link.next_version = link.next_version.saturating_sub(1),
-                }
-            }
-        }
-        Ok(())
     }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let rows = sqlx::query(predecessors)
+        .bind(&ids)
+        .bind(&versions)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut found: HashMap<String, [u8; 32]> = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let hash: Vec<u8> = row.try_get("hash")?;
+        let hash: [u8; 32] = hash
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("hash is not 32 bytes".into()))?;
+        found.insert(row.try_get("stream_id")?, hash);
+    }
+    for id in ids {
+        if let Some(link) = links.get_mut(&id) {
+            match found.get(&id) {
+                Some(hash) => link.prev = *hash,
+                // The predecessor is gone: expecting it makes the first event in range
+                // report exactly that version as missing.
+                None => link.next_version = link.next_version.saturating_sub(1),
+            }
+        }
+    }
+    Ok(())
 }

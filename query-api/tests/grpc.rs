@@ -1132,6 +1132,140 @@ async fn a_tampered_event_is_named_and_untouched_data_verifies(pool: PgPool) {
     api.stop().await;
 }
 
+/// An auditor gets an inclusion proof of an own event that checks offline, none for another
+/// tenant's event, and verifies the whole store against the newest signed checkpoint, which
+/// catches a rewrite whose per-stream hashes were all recomputed.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn inclusion_proofs_and_verification_against_a_signed_checkpoint(pool: PgPool) {
+    use event_store::checkpoint::generate_key;
+
+    let store = EventStore::new(pool.clone());
+    problem_scenario(&store, TENANT, 1, 0).await;
+    problem_scenario(&store, OTHER, 2, 0).await;
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    // Bounded: the safe position may lag while another test database holds a transaction.
+    let mut sealed = 0;
+    for _ in 0..1_200 {
+        store.seal_all(1_000).await.unwrap();
+        sealed = store.chain_head().await.unwrap().leaf_count;
+        if sealed == total as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(sealed, total as u64);
+    let key = generate_key();
+    let public = hex::encode(key.verifying_key().as_bytes());
+    let cp = store.sign_checkpoint(&key).await.unwrap();
+    let api = Api::start(pool.clone()).await;
+    let auditor = api.token(TENANT, Role::Auditor).await;
+
+    let (own, other): (Uuid, Uuid) = sqlx::query_as(
+        "SELECT (SELECT event_id FROM events WHERE tenant_id = $1 ORDER BY global_position DESC LIMIT 1), \
+                (SELECT event_id FROM events WHERE tenant_id = $2 LIMIT 1)",
+    )
+    .bind(TENANT)
+    .bind(OTHER)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let proof = ok(api
+        .history()
+        .get_inclusion_proof(req(
+            &auditor,
+            pb::GetInclusionProofRequest {
+                event_id: own.to_string(),
+                ..Default::default()
+            },
+        ))
+        .await);
+    assert_eq!(proof.tree_size, cp.leaf_count);
+    assert_eq!(
+        proof.checkpoint.unwrap().root_hash,
+        hex::encode(cp.root_hash)
+    );
+    let offline: event_store::InclusionProof = serde_json::from_str(&proof.proof_json).unwrap();
+    offline.check(&key.verifying_key()).unwrap();
+    assert_eq!(
+        offline
+            .audit_path
+            .iter()
+            .map(hex::encode)
+            .collect::<Vec<_>>(),
+        proof.audit_path
+    );
+    let refused = api
+        .history()
+        .get_inclusion_proof(req(
+            &auditor,
+            pb::GetInclusionProofRequest {
+                event_id: other.to_string(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::NotFound);
+
+    let verify = || {
+        let mut client = api.history();
+        let (auditor, public) = (auditor.clone(), public.clone());
+        async move {
+            ok(client
+                .verify_integrity(req(
+                    &auditor,
+                    pb::VerifyIntegrityRequest {
+                        scope: Some(pb::verify_integrity_request::Scope::CheckpointPublicKey(
+                            public,
+                        )),
+                        ..Default::default()
+                    },
+                ))
+                .await)
+        }
+    };
+    let clean = verify().await;
+    assert!(clean.intact, "{clean:?}");
+    assert_eq!(clean.events_checked, total as u64);
+
+    // The owner rewrites the newest own event and recomputes its hash: per-stream
+    // verification cannot tell, the signed checkpoint can.
+    let position: i64 =
+        sqlx::query_scalar("SELECT global_position FROM events WHERE event_id = $1")
+            .bind(own)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    sqlx::raw_sql(&format!(
+        "ALTER TABLE events DISABLE TRIGGER USER; \
+         UPDATE events e SET payload = '{{\"rewritten\":true}}', \
+                hash = annals_event_hash(coalesce((SELECT p.hash FROM events p \
+                         WHERE p.stream_id = e.stream_id AND p.stream_version = e.stream_version - 1), \
+                         decode(repeat('00', 32), 'hex')), \
+                       e.global_position, e.event_id, e.stream_id, e.stream_type, e.stream_version, \
+                       e.tenant_id, e.event_type, e.schema_version, '{{\"rewritten\":true}}', \
+                       e.metadata::text, e.recorded_at) \
+          WHERE global_position = {position}; \
+         UPDATE streams s SET last_hash = e.hash FROM events e \
+          WHERE e.global_position = {position} AND s.stream_id = e.stream_id \
+            AND s.version = e.stream_version;"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert!(store.verify_all().await.unwrap().is_intact());
+    let caught = verify().await;
+    assert!(!caught.intact);
+    let bad = caught.first_bad.unwrap();
+    assert_eq!(bad.global_position, position);
+    assert_eq!(bad.event_id, own.to_string());
+    assert_eq!(bad.kind, "not_as_signed");
+    api.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tenants and roles
 

@@ -79,8 +79,21 @@ async fn one_process_serves_commands_projections_and_queries(pool: PgPool) {
         .await
         .unwrap();
 
+    // A checkpoint key, made by the binary's own verb (no database needed).
+    let dir = std::env::temp_dir().join(format!("annals-all-in-one-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (key, checkpoints) = (dir.join("checkpoint.key"), dir.join("checkpoints.jsonl"));
+    let keygen = Command::new(env!("CARGO_BIN_EXE_annals"))
+        .args(["audit", "keygen", "--out", key.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(keygen.success());
+
     let mut child = Command::new(env!("CARGO_BIN_EXE_annals"))
         .args(["--database-url", &service_database_url(&pool).await, "run"])
+        .args(["--checkpoint-key-file", key.to_str().unwrap()])
+        .args(["--checkpoint-file", checkpoints.to_str().unwrap()])
         .args([
             "--command-listen",
             "127.0.0.1:0",
@@ -181,6 +194,29 @@ async fn one_process_serves_commands_projections_and_queries(pool: PgPool) {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "graceful shutdown exits 0: {status:?}");
+
+    // The sealer signed at its clean stop; the auditor's verb verifies the store against the
+    // file's last checkpoint with the public key.
+    let lines = std::fs::read_to_string(&checkpoints).unwrap();
+    assert!(lines.lines().count() >= 1, "a checkpoint was written");
+    let verify = Command::new(env!("CARGO_BIN_EXE_annals"))
+        .args([
+            "--database-url",
+            &test_database_url(&pool),
+            "audit",
+            "verify",
+        ])
+        .args(["--public-key", &format!("{}.pub", key.display())])
+        .args(["--checkpoint-file", checkpoints.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(
+        verify.success(),
+        "the store verifies against the signed checkpoint"
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// A service process refuses to run as the tables' owner (it could rewrite history) and says

@@ -19,14 +19,17 @@
 //!
 //! - `relay`: [`Relay`] (leadership, produce, checkpoints, topic creation, metrics), its
 //!   [`RelayConfig`] and live [`RelayStats`].
+//! - `checkpoints`: [`CheckpointPublisher`], the global chain's signed checkpoints to a topic.
 //! - `error`: [`RelayError`]: store failures, Kafka failures and the injected crash point.
 //! - `src/bin/annals-relay.rs`: the `annals-relay` binary, which runs one relay on its own
 //!   (flags, Prometheus endpoint, SIGINT/SIGTERM).
 //! - `examples/relay_demo.rs`: publishes a store and reads the topics back (`deploy/demo.sh`).
 //! - `tests/relay.rs`: against a real broker (tansu) and librdkafka's mock cluster.
 
+mod checkpoints;
 mod error;
 mod relay;
 
+pub use checkpoints::{CHECKPOINT_TOPIC, CheckpointPublisher, decode_checkpoint};
 pub use error::RelayError;
 pub use relay::{Relay, RelayConfig, RelayStats};

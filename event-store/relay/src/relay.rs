@@ -75,7 +75,7 @@ impl RelayConfig {
         }
     }
 
-    fn client_config(&self) -> ClientConfig {
+    pub(crate) fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         // Bounded delivery: a message the broker never acknowledges fails the batch, which is
         // then republished from the checkpoint.
@@ -398,7 +398,7 @@ impl Relay {
 
 /// The topic names the broker lists. The metadata call blocks its thread, so it runs off the
 /// async workers; the client is handed back for further use.
-async fn listed_topics(
+pub(crate) async fn listed_topics(
     admin: AdminClient<DefaultClientContext>,
 ) -> Result<(AdminClient<DefaultClientContext>, HashSet<String>), RelayError> {
     let (admin, listed) = tokio::task::spawn_blocking(move || {

@@ -10,14 +10,20 @@
 //! annals-projections lag
 //! ```
 //!
+//! `run` also seals the global chain (`event_store::chain`; `--no-sealer` leaves it to another
+//! process) and, given a signing key (`--checkpoint-key-file` or `ANNALS_CHECKPOINT_KEY`), signs
+//! checkpoints of it into the table and `--checkpoint-file` (Kafka publication is the `annals`
+//! binary's, which links the relay).
+//!
 //! Every flag also reads an environment variable (see `--help`); migrations are applied at start.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use event_store::EventStore;
+use event_store::{CheckpointOptions, EventStore, SealerOptions};
 use projections::rebuild::{RebuildOptions, rebuild};
 use projections::worker::{self, KafkaWorkerConfig, WorkerConfig};
 use projections::{dead_letters, lag, models};
@@ -109,6 +115,18 @@ struct RunArgs {
     /// Seconds between lag samples.
     #[arg(long, env = "ANNALS_LAG_INTERVAL_SECS", default_value_t = 5)]
     lag_interval_secs: u64,
+    /// Do not seal the global chain in this process (another process does).
+    #[arg(long, env = "ANNALS_NO_SEALER")]
+    no_sealer: bool,
+    /// Private key that signs checkpoints of the global chain (else `ANNALS_CHECKPOINT_KEY`).
+    #[arg(long, env = "ANNALS_CHECKPOINT_KEY_FILE")]
+    checkpoint_key_file: Option<PathBuf>,
+    /// Append-only JSON-lines file every checkpoint is written to.
+    #[arg(long, env = "ANNALS_CHECKPOINT_FILE")]
+    checkpoint_file: Option<PathBuf>,
+    /// Seconds between checkpoints (one is signed only when the chain grew).
+    #[arg(long, env = "ANNALS_CHECKPOINT_EVERY_SECS", default_value_t = 60)]
+    checkpoint_every_secs: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -280,12 +298,36 @@ async fn run(store: EventStore, args: RunArgs) -> anyhow::Result<()> {
         reminder_interval: Duration::from_secs(args.reminder_interval_secs),
         lag_interval: Duration::from_secs(args.lag_interval_secs),
     };
+    let key = event_store::checkpoint::load_signing_key(args.checkpoint_key_file.as_deref())?;
     let shutdown = CancellationToken::new();
+    let sealer = (!args.no_sealer).then(|| {
+        let options = SealerOptions {
+            checkpoint: key.map(|key| CheckpointOptions {
+                key,
+                every: Duration::from_secs(args.checkpoint_every_secs.max(1)),
+                file: args.checkpoint_file.clone(),
+                publish: None,
+            }),
+            ..SealerOptions::default()
+        };
+        tokio::spawn(event_store::run_sealer(
+            store.clone(),
+            options,
+            shutdown.clone().cancelled_owned(),
+        ))
+    });
     let tasks = worker::spawn(&store, &projections, &config, &shutdown);
     wait_for_signal().await;
     tracing::info!("shutting down: finishing in-flight batches");
     shutdown.cancel();
     worker::join(tasks).await;
+    if let Some(sealer) = sealer {
+        match sealer.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "the sealer stopped with an error"),
+            Err(e) => tracing::error!(error = %e, "the sealer panicked"),
+        }
+    }
     Ok(())
 }
 

@@ -10,7 +10,11 @@ use aggregates::task::Task;
 use aggregates::{Aggregate, DomainEvent};
 use chrono::{DateTime, Utc};
 use event_store::aggregate;
-use event_store::{Direction, Position, RecordedEvent, StreamId, VerifyReport};
+use event_store::checkpoint::{self, VerifyingKey};
+use event_store::{
+    ChainReport, Direction, Position, RecordedEvent, SignedCheckpoint, StoreError, StreamId,
+    VerifyReport,
+};
 use schemas::v1 as pb;
 use schemas::v1::history_queries_server::HistoryQueries;
 use serde_json::Value;
@@ -156,6 +160,108 @@ impl QueryService {
             streams_checked: report.streams_checked,
             first_bad,
             tampered: bad,
+            checkpoint: None,
+            first_bad_leaf: 0,
+        })
+    }
+}
+
+/// What a `VerifyIntegrity` request asks for (validated).
+enum Plan {
+    Range(Position, Position),
+    Stream,
+    Checkpoint(VerifyingKey),
+}
+
+fn checkpoint_pb(cp: &SignedCheckpoint) -> pb::Checkpoint {
+    pb::Checkpoint {
+        leaf_count: cp.leaf_count,
+        last_position: cp.last_position.0,
+        root_hash: hex::encode(cp.root_hash),
+        signed_at: Some(ts(cp.signed_at)),
+        key_id: cp.key_id.clone(),
+        signature: hex::encode(cp.signature),
+    }
+}
+
+impl QueryService {
+    /// The whole store against the newest checkpoint `key` signed. Findings in other tenants'
+    /// streams are reported by position and kind only, never by stream or event id.
+    async fn verify_against_checkpoint(
+        &self,
+        tenant: &str,
+        position: i64,
+        key: &VerifyingKey,
+    ) -> Result<pb::VerifyIntegrityResponse, QueryError> {
+        let cp = self
+            .store
+            .latest_checkpoint(key)
+            .await?
+            .ok_or_else(|| QueryError::NotFound("a checkpoint signed by this key".into()))?;
+        let report: ChainReport = self.store.verify_checkpoint(&cp, key, |_, _| {}).await?;
+        let mut positions: Vec<i64> = report
+            .streams_broken
+            .iter()
+            .filter_map(|t| t.global_position.map(|p| p.0))
+            .collect();
+        if let Some(p) = report.first_bad.as_ref().and_then(|b| b.found_position) {
+            positions.push(p.0);
+        }
+        let own: Vec<(i64, uuid::Uuid)> = sqlx::query_as(
+            "SELECT global_position, event_id FROM events               WHERE global_position = ANY($1) AND tenant_id = $2",
+        )
+        .bind(&positions)
+        .bind(tenant)
+        .fetch_all(self.reader.pool())
+        .await?;
+        let own_id = |p: i64| {
+            own.iter()
+                .find(|(q, _)| *q == p)
+                .map(|(_, id)| id.to_string())
+        };
+        let tampered: Vec<pb::TamperedEvent> = report
+            .streams_broken
+            .iter()
+            .filter_map(|t| {
+                let id = own_id(t.global_position?.0)?;
+                let mut out = tampered(t);
+                out.event_id = id;
+                Some(out)
+            })
+            .collect();
+        let first_bad = report.first_bad.as_ref().map(|b| {
+            let found = b.found_position.map(|p| p.0);
+            let event_id = found.and_then(own_id);
+            let stream_id = event_id
+                .as_ref()
+                .and_then(|_| {
+                    report
+                        .streams_broken
+                        .iter()
+                        .find(|t| t.global_position.map(|p| p.0) == found)
+                })
+                .map(|t| t.stream_id.clone())
+                .unwrap_or_default();
+            pb::TamperedEvent {
+                stream_id,
+                global_position: b.global_position.map_or(0, |p| p.0),
+                stream_version: 0,
+                event_id: event_id.unwrap_or_default(),
+                kind: serde_json::to_value(b.fault)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+            }
+        });
+        Ok(pb::VerifyIntegrityResponse {
+            position,
+            intact: report.intact,
+            events_checked: report.events_checked,
+            streams_checked: 0,
+            first_bad_leaf: report.first_bad.as_ref().map_or(0, |b| b.leaf_index),
+            first_bad,
+            tampered,
+            checkpoint: Some(checkpoint_pb(&cp)),
         })
     }
 }
@@ -311,31 +417,98 @@ impl HistoryQueries for QueryService {
             |req, principal| {
                 principal.require_history()?;
                 match &req.scope {
-                    Some(pb::verify_integrity_request::Scope::StreamId(_)) => Ok(None),
-                    Some(pb::verify_integrity_request::Scope::Range(r)) => range(r).map(Some),
-                    None => Err(QueryError::invalid("scope", "set stream_id or range")),
+                    Some(pb::verify_integrity_request::Scope::StreamId(_)) => Ok(Plan::Stream),
+                    Some(pb::verify_integrity_request::Scope::Range(r)) => {
+                        range(r).map(|(from, to)| Plan::Range(from, to))
+                    }
+                    Some(pb::verify_integrity_request::Scope::CheckpointPublicKey(k)) => {
+                        checkpoint::verifying_key_from_hex(k)
+                            .map(Plan::Checkpoint)
+                            .map_err(|e| {
+                                QueryError::invalid("checkpoint_public_key", e.to_string())
+                            })
+                    }
+                    None => Err(QueryError::invalid(
+                        "scope",
+                        "set stream_id, range or checkpoint_public_key",
+                    )),
                 }
             },
-            |c, req, positions| {
+            |c, req, plan| {
                 Box::pin(async move {
                     let tenant = c.principal.tenant.as_str();
-                    let report = match (positions, &req.scope) {
-                        (Some((from, to)), _) => {
+                    let report = match (plan, &req.scope) {
+                        (Plan::Checkpoint(key), _) => {
+                            return c
+                                .service
+                                .verify_against_checkpoint(tenant, c.position, &key)
+                                .await;
+                        }
+                        (Plan::Range(from, to), _) => {
                             c.service
                                 .store
                                 .verify_positions(from, to, Some(tenant))
                                 .await?
                         }
-                        (None, Some(pb::verify_integrity_request::Scope::StreamId(raw))) => {
+                        (
+                            Plan::Stream,
+                            Some(pb::verify_integrity_request::Scope::StreamId(raw)),
+                        ) => {
                             let (stream, _) = c.service.own_stream(tenant, raw).await?;
                             c.service.store.verify_stream(&stream).await?
                         }
                         // Validation let through a range or a stream id only.
-                        (None, _) => {
+                        (Plan::Stream, _) => {
                             return Err(QueryError::invalid("scope", "set stream_id or range"));
                         }
                     };
                     c.service.verify_response(c.position, report).await
+                })
+            },
+        )
+        .await
+    }
+
+    async fn get_inclusion_proof(
+        &self,
+        request: Request<pb::GetInclusionProofRequest>,
+    ) -> Result<Response<pb::GetInclusionProofResponse>, Status> {
+        self.answer(
+            "GetInclusionProof",
+            request,
+            Model::Store,
+            |req, principal| {
+                principal.require_history()?;
+                uuid::Uuid::parse_str(&req.event_id)
+                    .map_err(|_| QueryError::invalid("event_id", "not a UUID"))
+            },
+            |c, _req, event_id| {
+                Box::pin(async move {
+                    let missing = || QueryError::NotFound(format!("event {event_id}"));
+                    let proof = match c.service.store.inclusion_proof(event_id, None).await {
+                        Ok(Some(p)) => p,
+                        Ok(None) => return Err(missing()),
+                        // Not sealed or not signed yet: the proof does not exist (yet).
+                        Err(StoreError::Checkpoint(why)) => {
+                            return Err(QueryError::NotFound(format!(
+                                "an inclusion proof of event {event_id} ({why})"
+                            )));
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
+                    // Another tenant's event does not exist for the caller.
+                    if proof.event.tenant_id != c.principal.tenant {
+                        return Err(missing());
+                    }
+                    Ok(pb::GetInclusionProofResponse {
+                        position: c.position,
+                        leaf_index: proof.leaf_index,
+                        tree_size: proof.checkpoint.leaf_count,
+                        audit_path: proof.audit_path.iter().map(hex::encode).collect(),
+                        checkpoint: Some(checkpoint_pb(&proof.checkpoint)),
+                        proof_json: serde_json::to_string(&proof)
+                            .map_err(|e| QueryError::Corrupt(e.to_string()))?,
+                    })
                 })
             },
         )

@@ -112,6 +112,7 @@ min_position!(
     ListUserActivityRequest,
     ReadStreamRequest,
     VerifyIntegrityRequest,
+    GetInclusionProofRequest,
 );
 
 /// What [`QueryService::read`] hands an RPC's work.

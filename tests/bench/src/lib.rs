@@ -51,3 +51,4 @@ pub mod rebuild;
 pub mod report;
 pub mod stats;
 pub mod stores;
+pub mod trust;

@@ -11,7 +11,7 @@ use annals_bench::load::{self, Plan};
 use annals_bench::report::{AppendRow, Machine, RawRepeat, Report};
 use annals_bench::stats::{self, ratio};
 use annals_bench::stores::{StoreKind, Target};
-use annals_bench::{db, e2e, kafka, pgbench, rebuild};
+use annals_bench::{db, e2e, kafka, pgbench, rebuild, trust};
 
 /// Benchmarks annals against raw Postgres floors and peer event stores, side by side.
 #[derive(Debug, Parser)]
@@ -37,11 +37,11 @@ struct Cli {
     /// Run a tiny profile (1/20 of quick) that only checks that every suite works.
     #[arg(long, conflicts_with_all = ["quick", "full"])]
     smoke: bool,
-    /// Suites to run, comma-separated: append, pgbench, batch, rebuild, e2e, kafka.
+    /// Suites to run, comma-separated: append, pgbench, batch, rebuild, e2e, kafka, trust.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "append,pgbench,batch,rebuild,e2e,kafka"
+        default_value = "append,pgbench,batch,rebuild,e2e,kafka,trust"
     )]
     suites: Vec<String>,
     /// Group transactions annals may have in flight at once (the store's
@@ -92,6 +92,10 @@ impl Profile {
     fn kafka_events(self) -> u64 {
         self.scaled(50_000)
     }
+    /// 1,000,000 in the full profile.
+    fn trust_events(self) -> u64 {
+        self.scaled(250_000)
+    }
 }
 
 #[tokio::main]
@@ -130,6 +134,7 @@ async fn main() -> anyhow::Result<()> {
         rebuild: None,
         e2e: None,
         kafka: None,
+        trust: None,
         pgbench: Vec::new(),
         not_done: Vec::new(),
         targets: Vec::new(),
@@ -363,6 +368,32 @@ async fn main() -> anyhow::Result<()> {
                 .not_done
                 .push("Kafka relay: KAFKA_BOOTSTRAP not set".into()),
         }
+    }
+
+    if wants("trust") {
+        let n = profile.trust_events();
+        let ops = profile.single_ops(8);
+        eprintln!(
+            "== trust: verify {n} events against a checkpoint; appends with and without the sealer"
+        );
+        let options = server.fresh("trust").await?;
+        let pool = db::pool(&options, 16).await?;
+        event_store::migrate(&pool).await?;
+        let store = EventStore::new(pool);
+        match trust::run(&store, n, ops, 8).await {
+            Ok(x) => {
+                eprintln!(
+                    "   verify {:.0} events/s; appends {:.0} -> {:.0} events/s with the sealer",
+                    x.verify.events_per_sec,
+                    x.append_without.events_per_sec,
+                    x.append_with.events_per_sec
+                );
+                report.trust = Some(x);
+            }
+            Err(e) => report.not_done.push(format!("trust suite: {e:#}")),
+        }
+        store.pool().close().await;
+        server.drop_db("trust").await;
     }
 
     analyzer_stop.cancel();

@@ -10,6 +10,7 @@ use crate::pgbench::PgbenchRun;
 use crate::rebuild::RebuildResult;
 use crate::stats::{Measurement, fmt_ms, fmt_rate, fmt_ratio, ratio};
 use crate::stores::StoreKind;
+use crate::trust::TrustResult;
 
 /// Where and how the numbers were taken.
 #[derive(Debug, Clone, Serialize)]
@@ -91,6 +92,8 @@ pub struct Report {
     pub e2e: Option<E2eResult>,
     /// Kafka suite.
     pub kafka: Option<KafkaResult>,
+    /// Trust suite (issue 15): verification speed, appends with the sealer running.
+    pub trust: Option<TrustResult>,
     /// `pgbench` floors (insert per concurrency, primary-key select).
     pub pgbench: Vec<PgbenchRun>,
     /// Parts not measured, with the reason.
@@ -300,6 +303,27 @@ impl Report {
             // 50 MB = 47.7 MiB.
             met: growth.map(|(_, g)| g * 1024.0 * 1024.0 < 50e6),
         });
+        // Issue 15: tamper evidence off the hot path.
+        let trust = self.trust.as_ref();
+        t.push(Target {
+            name: format!(
+                "verification of {} events against a signed checkpoint",
+                trust.map_or("1,000,000".to_owned(), |x| fmt_rate(
+                    x.verified_events as f64
+                ))
+            ),
+            goal: "≥ 20,000 events/s (proposed)".into(),
+            measured: trust.map_or("not measured".into(), |x| {
+                format!("{} events/s", fmt_rate(x.verify.events_per_sec))
+            }),
+            met: trust.map(|x| x.verify.events_per_sec >= 20_000.0),
+        });
+        t.push(target(
+            "single-event appends with sealer + checkpointer / without".into(),
+            "≥ 0.95×",
+            trust.and_then(|x| x.append_ratio),
+            |r| r >= 0.95,
+        ));
         self.targets = t;
     }
 
@@ -515,6 +539,23 @@ impl Report {
                 "| plain rdkafka idempotent producer, same envelopes | {} | {:.1} | 1.00× |\n",
                 fmt_rate(k.plain_producer.events_per_sec),
                 k.plain_producer.seconds
+            );
+        }
+        if let Some(x) = &self.trust {
+            let _ = writeln!(
+                s,
+                "| Trust (issue 15) | events/s | seconds |\n| --- | ---: | ---: |\n\
+                 | verify {} events against a signed checkpoint | {} | {:.1} |\n\
+                 | single-event appends, concurrency {}, no sealer | {} | {:.1} |\n\
+                 | the same with sealer + checkpointer running | {} | {:.1} |\n",
+                fmt_rate(x.verified_events as f64),
+                fmt_rate(x.verify.events_per_sec),
+                x.verify.seconds,
+                x.concurrency,
+                fmt_rate(x.append_without.events_per_sec),
+                x.append_without.seconds,
+                fmt_rate(x.append_with.events_per_sec),
+                x.append_with.seconds
             );
         }
         if !self.targets.is_empty() {
