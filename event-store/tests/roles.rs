@@ -136,6 +136,13 @@ async fn the_service_role_cannot_change_or_remove_anything_stored(pool: PgPool) 
         &["SET LOCAL annals.audit_swap = 'on'", "TRUNCATE audit_log"],
         &["ALTER TABLE audit_log DISABLE TRIGGER USER"],
         &["DELETE FROM _sqlx_migrations"],
+        &["UPDATE annals_chain_leaves SET event_hash = sha256('x'::bytea)"],
+        &["DELETE FROM annals_chain_leaves"],
+        &["UPDATE annals_chain_nodes SET hash = sha256('x'::bytea)"],
+        &["DELETE FROM annals_chain_nodes"],
+        &["DELETE FROM annals_checkpoints"],
+        &["UPDATE annals_checkpoints SET root_hash = sha256('x'::bytea)"],
+        &["TRUNCATE annals_chain_leaves, annals_chain_nodes, annals_checkpoints"],
     ];
     for statements in attempts {
         assert_eq!(
