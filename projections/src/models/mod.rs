@@ -182,3 +182,23 @@ pub(crate) async fn write_rows<R: serde::Serialize + Sync>(
         .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn nul_becomes_the_replacement_character_in_values_and_keys_at_any_depth() {
+        let mut v = json!({"a\u{0}": ["x\u{0}y", {"k": "\u{0}"}], "n": 18446744073709551615u64,
+                           "plain": "unchanged"});
+        storable_json(&mut v);
+        assert_eq!(
+            v,
+            json!({"a\u{FFFD}": ["x\u{FFFD}y", {"k": "\u{FFFD}"}], "n": 18446744073709551615u64,
+                   "plain": "unchanged"})
+        );
+        assert_eq!(storable_text("\u{0}".into()), "\u{FFFD}");
+        assert!(!v.to_string().contains("\\u0000"));
+    }
+}
