@@ -78,3 +78,37 @@ async fn only_get_metrics_answers_with_help_and_the_versioned_content_type() {
     }
     server.abort();
 }
+
+/// The one test of this binary that installs the process-wide recorder.
+#[tokio::test]
+async fn install_prometheus_serves_the_global_recorder_on_its_address() {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    schemas::runtime::install_prometheus(addr).unwrap();
+    metrics::describe_gauge!(
+        "annals_test_global_gauge",
+        "A gauge of the global recorder."
+    );
+    metrics::gauge!("annals_test_global_gauge").set(7.0);
+    let (status, head, body) = request(addr, "GET", "/metrics").await;
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        head.contains(&format!("content-type: {METRICS_CONTENT_TYPE}")),
+        "{head}"
+    );
+    assert!(
+        body.contains("# HELP annals_test_global_gauge A gauge of the global recorder."),
+        "{body}"
+    );
+    assert!(body.contains("annals_test_global_gauge 7"), "{body}");
+    assert_eq!(request(addr, "GET", "/x").await.0, 404);
+    assert_eq!(request(addr, "POST", "/metrics").await.0, 405);
+    // A second recorder cannot be installed: the error says so instead of serving nothing.
+    let other = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    assert!(schemas::runtime::install_prometheus(other).is_err());
+}
