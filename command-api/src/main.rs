@@ -168,6 +168,7 @@ async fn main() -> anyhow::Result<()> {
 async fn serve(args: ServeArgs, store: EventStore, tokens: TokenStore) -> anyhow::Result<()> {
     command_api::telemetry::install_prometheus(args.metrics_listen)
         .context("starting the metrics endpoint")?;
+    command_api::telemetry::describe_metrics();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;

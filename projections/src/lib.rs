@@ -63,6 +63,7 @@ pub mod reactors;
 pub mod rebuild;
 pub mod runner;
 pub mod source;
+pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod worker;

@@ -17,6 +17,17 @@ pub enum ProjectionError {
         /// What failed.
         reason: String,
     },
+    /// A number of the event (or a sum of them) does not fit its column's type; the event is
+    /// dead-lettered with this reason rather than stored clamped (see [`crate::models`]).
+    #[error("{event_type}: {value} does not fit {column} (the column's type cannot hold it)")]
+    OutOfRange {
+        /// Event type.
+        event_type: String,
+        /// `table.column`.
+        column: &'static str,
+        /// The value, in decimal.
+        value: String,
+    },
     /// The read model does not hold what the event presupposes (e.g. the row it updates).
     #[error("read model inconsistent: {0}")]
     Inconsistent(String),

@@ -132,6 +132,7 @@ async fn serve(args: ServeArgs, pool: sqlx::PgPool) -> anyhow::Result<()> {
     }
     query_api::telemetry::install_prometheus(args.metrics_listen)
         .context("starting the metrics endpoint")?;
+    query_api::telemetry::describe_metrics();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;

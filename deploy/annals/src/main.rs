@@ -413,6 +413,12 @@ async fn run(args: RunArgs, pool: sqlx::PgPool) -> anyhow::Result<()> {
     }
     command_api::telemetry::install_prometheus(args.metrics_listen)
         .context("starting the metrics endpoint")?;
+    command_api::telemetry::describe_metrics();
+    query_api::telemetry::describe_metrics();
+    projections::telemetry::describe_metrics();
+    if args.kafka_bootstrap.is_some() {
+        annals_relay::describe_metrics();
+    }
     let command_listener = tokio::net::TcpListener::bind(args.command_listen)
         .await
         .with_context(|| format!("binding {}", args.command_listen))?;

@@ -18,8 +18,18 @@
 //! # Layout
 //!
 //! - `relay`: [`Relay`] (leadership, produce, checkpoints, topic creation, metrics), its
-//!   [`RelayConfig`] and live [`RelayStats`].
+//!   [`RelayConfig`] and live [`RelayStats`]; [`describe_metrics`].
 //! - `checkpoints`: [`CheckpointPublisher`], the global chain's signed checkpoints to a topic.
+//!
+//! # Metrics
+//!
+//! `annals_relay_messages_total` and `annals_relay_produce_errors_total` (counters, exported
+//! from start-up at 0), `annals_relay_lag_events` (committed events above the checkpoint, held
+//! back ones included), `annals_relay_held_back_events` (those of them an open older
+//! transaction keeps from being published), `annals_relay_lag_seconds` (age of the oldest
+//! unpublished event), `annals_relay_leader{relay}` and the histogram
+//! `annals_relay_batch_duration_seconds`. The lag gauges are sampled by the leader every
+//! [`RelayConfig::lag_interval`] and return to 0 once it has drained.
 //! - `error`: [`RelayError`]: store failures, Kafka failures and the injected crash point.
 //! - `src/bin/annals-relay.rs`: the `annals-relay` binary, which runs one relay on its own
 //!   (flags, Prometheus endpoint, SIGINT/SIGTERM).
@@ -32,4 +42,4 @@ mod relay;
 
 pub use checkpoints::{CHECKPOINT_TOPIC, CheckpointPublisher, decode_checkpoint};
 pub use error::RelayError;
-pub use relay::{Relay, RelayConfig, RelayStats};
+pub use relay::{MAX_COUNTED_LAG, Relay, RelayConfig, RelayStats, describe_metrics};

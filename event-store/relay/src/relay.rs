@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use event_store::wire::{encode_envelope, topic_for};
 use event_store::{
-    EventStore, RecordedEvent, SubscriptionOptions, load_checkpoint, save_checkpoint, wire,
+    EventStore, Position, RecordedEvent, SubscriptionOptions, load_checkpoint, save_checkpoint,
+    wire,
 };
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -16,8 +16,8 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
-use sqlx::Connection;
 use sqlx::postgres::PgConnection;
+use sqlx::{Connection, Row};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::RelayError;
@@ -51,6 +51,10 @@ pub struct RelayConfig {
     /// Fault injection for crash drills and tests: after this many messages are handed to the
     /// producer, the run stops as if the process died (no flush, no checkpoint).
     pub crash_after_messages: Option<u64>,
+    /// How often the leader samples its lag (`annals_relay_lag_events`,
+    /// `annals_relay_held_back_events`, `annals_relay_lag_seconds`). Sampled on a timer, not
+    /// per batch: a relay held back by an open transaction publishes no batch at all.
+    pub lag_interval: Duration,
 }
 
 impl RelayConfig {
@@ -72,6 +76,7 @@ impl RelayConfig {
             backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
             crash_after_messages: None,
+            lag_interval: Duration::from_secs(1),
         }
     }
 
@@ -206,7 +211,9 @@ impl Relay {
         };
         let mut subscription = self.store.subscribe(start, options);
         let mut handed_over: u64 = 0;
-        let mut last_lag_check = Instant::now() - Duration::from_secs(60);
+        let mut published_up_to = start;
+        let mut lag_check = tokio::time::interval(self.config.lag_interval);
+        lag_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut lock_check = tokio::time::interval(Duration::from_secs(5));
         lock_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -216,6 +223,10 @@ impl Relay {
                 _ = lock_check.tick() => {
                     // A leader whose lock connection died must stop: someone else may lead.
                     sqlx::query("SELECT 1").execute(&mut *lock).await?;
+                    continue;
+                }
+                _ = lag_check.tick() => {
+                    sample_lag(&mut *lock, published_up_to).await?;
                     continue;
                 }
                 batch = subscription.next_batch() => batch?,
@@ -262,6 +273,7 @@ impl Relay {
 
             let Some(last) = batch.last() else { continue };
             save_checkpoint(&mut *lock, &checkpoint_name, last.global_position).await?;
+            published_up_to = last.global_position;
             self.stats
                 .published
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -272,22 +284,6 @@ impl Relay {
             metrics::counter!("annals_relay_messages_total").increment(batch.len() as u64);
             metrics::histogram!("annals_relay_batch_duration_seconds")
                 .record(started.elapsed().as_secs_f64());
-            let age = (Utc::now() - last.recorded_at).num_milliseconds().max(0) as f64 / 1000.0;
-            metrics::gauge!("annals_relay_lag_seconds").set(age);
-            if last_lag_check.elapsed() >= Duration::from_secs(1) {
-                last_lag_check = Instant::now();
-                let behind: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM (SELECT 1 FROM events WHERE global_position > $1 \
-                     LIMIT 1000000) AS behind",
-                )
-                .bind(last.global_position.0)
-                .fetch_one(&mut *lock)
-                .await?;
-                metrics::gauge!("annals_relay_lag_events").set(behind as f64);
-                if behind == 0 {
-                    metrics::gauge!("annals_relay_lag_seconds").set(0.0);
-                }
-            }
         }
     }
 
@@ -394,6 +390,86 @@ impl Relay {
         }
         Ok(())
     }
+}
+
+/// Counting stops here so that a far-behind relay does not make sampling expensive.
+pub const MAX_COUNTED_LAG: i64 = 1_000_000;
+
+/// Committed events above `after` (up to [`MAX_COUNTED_LAG`]): all of them, those held back
+/// (from the first one a reader may not deliver yet, because a transaction that started before
+/// it is still open: see the store's gap safety), and the age of the oldest. The deliverable
+/// test is the store's own (`read_all`), in the same statement, so it sees the same snapshot.
+const LAG: &str = "WITH behind AS ( \
+         SELECT global_position AS p, recorded_at, \
+                (global_position < annals_delivery_floor() \
+                 OR tx_id < pg_snapshot_xmin(pg_current_snapshot())) AS deliverable \
+           FROM events WHERE global_position > $1 ORDER BY global_position LIMIT $2), \
+       cut AS (SELECT min(p) AS p FROM behind WHERE NOT deliverable) \
+     SELECT count(*) AS events, \
+            count(*) FILTER (WHERE behind.p >= cut.p) AS held_back, \
+            COALESCE(extract(epoch FROM now() - min(behind.recorded_at))::float8, 0) AS secs \
+       FROM behind, cut";
+
+/// Sets the lag gauges from the events above `published_up_to` (the checkpoint).
+async fn sample_lag(conn: &mut PgConnection, published_up_to: Position) -> Result<(), RelayError> {
+    let row = sqlx::query(LAG)
+        .bind(published_up_to.0)
+        .bind(MAX_COUNTED_LAG)
+        .fetch_one(conn)
+        .await?;
+    let events: i64 = row.try_get("events")?;
+    let held_back: i64 = row.try_get("held_back")?;
+    let secs: f64 = row.try_get("secs")?;
+    metrics::gauge!("annals_relay_lag_events").set(events as f64);
+    metrics::gauge!("annals_relay_held_back_events").set(held_back as f64);
+    metrics::gauge!("annals_relay_lag_seconds").set(secs.max(0.0));
+    Ok(())
+}
+
+/// Describes every metric of the relay (`# HELP`) and registers its unlabelled series at zero,
+/// so that they are exported before the first event or failure. Call once at start-up, after
+/// the recorder is installed.
+pub fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "annals_relay_messages_total",
+        Unit::Count,
+        "Messages the broker acknowledged."
+    );
+    describe_counter!(
+        "annals_relay_produce_errors_total",
+        Unit::Count,
+        "Failed deliveries; each one makes the relay resume from its checkpoint."
+    );
+    describe_gauge!(
+        "annals_relay_lag_events",
+        Unit::Count,
+        "Committed events above the relay's checkpoint, those held back by an open transaction included (counted up to 1000000)."
+    );
+    describe_gauge!(
+        "annals_relay_held_back_events",
+        Unit::Count,
+        "Committed events above the checkpoint that cannot be published yet because an older transaction is still open."
+    );
+    describe_gauge!(
+        "annals_relay_lag_seconds",
+        Unit::Seconds,
+        "Age of the oldest committed event not yet published (0 when caught up)."
+    );
+    describe_gauge!(
+        "annals_relay_leader",
+        "1 while this relay (label relay) holds the leadership lock, else 0."
+    );
+    describe_histogram!(
+        "annals_relay_batch_duration_seconds",
+        Unit::Seconds,
+        "Time to produce one batch until the broker acknowledged every message."
+    );
+    metrics::counter!("annals_relay_messages_total").increment(0);
+    metrics::counter!("annals_relay_produce_errors_total").increment(0);
+    metrics::gauge!("annals_relay_lag_events").set(0.0);
+    metrics::gauge!("annals_relay_held_back_events").set(0.0);
+    metrics::gauge!("annals_relay_lag_seconds").set(0.0);
 }
 
 /// The topic names the broker lists. The metadata call blocks its thread, so it runs off the

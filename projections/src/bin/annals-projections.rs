@@ -281,10 +281,9 @@ async fn dead_letter_command(store: &EventStore, command: DeadLetterCommand) -> 
 }
 
 async fn run(store: EventStore, args: RunArgs) -> anyhow::Result<()> {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(args.metrics_addr)
-        .install()
+    schemas::runtime::install_prometheus(args.metrics_addr)
         .context("starting the metrics listener")?;
+    projections::telemetry::describe_metrics();
     let projections = worker::select(&args.projections).map_err(anyhow::Error::msg)?;
     let config = WorkerConfig {
         kafka: args.kafka_bootstrap.map(|bootstrap| KafkaWorkerConfig {

@@ -6,6 +6,11 @@
 //! value differs is recorded as `{"before": .., "after": ..}`. Before values of a resource's
 //! first event are null.
 //!
+//! Values: what the events hold, stored faithfully, except NUL in any string of the payload or
+//! the metadata (actor, actor type, client ip, user agent; payload values and keys), which
+//! `jsonb` and `text` cannot hold: it is stored as U+FFFD (see [`super`], "Values a column
+//! cannot hold"). Numbers of the payload stay JSON numbers in `changes`: no conversion.
+//!
 //! Set-based: a batch loads the previous fields of its resources in one statement, diffs its
 //! events in memory in stream order, then inserts every audit row with one statement and
 //! writes every resource's new fields with another.
@@ -22,7 +27,7 @@ use uuid::Uuid;
 
 pub mod reads;
 
-use super::{load_rows, ts, write_rows};
+use super::{load_rows, storable_json, storable_text, ts, write_rows};
 use crate::projection::{Projection, ProjectionError};
 
 const LOAD_STATE: &str =
@@ -142,9 +147,10 @@ impl Projection for AuditProjection {
             let meta = event
                 .metadata()
                 .map_err(|e| ProjectionError::decode(event, e))?;
-            let payload = event
+            let mut payload = event
                 .payload_json()
                 .map_err(|e| ProjectionError::decode(event, e))?;
+            storable_json(&mut payload);
             let fields = flatten_payload(&event.event_type, &payload);
             let pos = event.global_position.0;
             let state = states
@@ -162,8 +168,8 @@ impl Projection for AuditProjection {
             log.event_id.push(event.event_id);
             log.tenant_id.push(&event.tenant_id);
             log.action.push(&event.event_type);
-            log.actor.push(meta.actor);
-            log.actor_type.push(meta.actor_type);
+            log.actor.push(storable_text(meta.actor));
+            log.actor_type.push(storable_text(meta.actor_type));
             log.resource_type.push(&event.stream_type);
             log.resource_id.push(&event.stream_id);
             log.resource_version.push(super::version(event));
@@ -171,8 +177,8 @@ impl Projection for AuditProjection {
             log.command_id.push(meta.command_id);
             log.correlation_id.push(meta.correlation_id);
             log.causation_id.push(meta.causation_id);
-            log.client_ip.push(meta.client_ip);
-            log.user_agent.push(meta.user_agent);
+            log.client_ip.push(meta.client_ip.map(storable_text));
+            log.user_agent.push(meta.user_agent.map(storable_text));
             log.occurred_at.push(ts(event.recorded_at));
             log.event_hash.push(hex::encode(event.hash));
         }

@@ -1,6 +1,9 @@
 //! `governance`: governance decisions (seed 002) and approval counts per tenant, UTC day,
 //! framework and event type.
 //!
+//! Values (see [`super`], "Values a column cannot hold"): NUL in strings and JSON is stored as
+//! U+FFFD; the JSON sub-structures keep their numbers as `jsonb` numbers (no conversion).
+//!
 //! Set-based: a batch inserts its decisions with one statement and adds its counts, summed per
 //! key in memory, with another.
 

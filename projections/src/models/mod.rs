@@ -11,6 +11,22 @@
 //! Each model owns its reads next to its writes: `<model>::reads` holds the row types and the
 //! SELECTs (named constants) that query-api runs against the model's tables and views,
 //! summaries included (a summary's reads sit with the projection that writes it).
+//!
+//! # Values a column cannot hold
+//!
+//! The event store accepts what the API edge may refuse (older events, other writers), so every
+//! model applies these rules instead of failing or clamping on a value:
+//! - **NUL** (U+0000) in any string of a payload or of the metadata (values and object keys,
+//!   at any depth) is stored as U+FFFD ([`NUL_REPLACEMENT`]): Postgres `text` and `jsonb`
+//!   cannot hold it at all. Everything else of the string is kept; the event store keeps the
+//!   original bytes (its `json` column), so a rebuild from a future encoding loses nothing.
+//! - **Integers** go into their column through a checked conversion ([`fit`]): a value the
+//!   column's type cannot hold (e.g. `tokens` or a file size of 2^63 or more in a `BIGINT`, a
+//!   level above 2^31-1 in an `INTEGER`) fails the event with [`ProjectionError::OutOfRange`],
+//!   which the runner dead-letters with that reason; nothing is stored clamped. Sums are
+//!   checked the same way in memory; a per-day sum that overflows in SQL fails the event with
+//!   Postgres's `bigint out of range`, dead-lettered likewise.
+//! - **Decimals** are exact (`NUMERIC`, passed as text: [`num`]).
 
 use std::sync::Arc;
 
@@ -43,11 +59,13 @@ pub fn by_name(name: &str) -> Option<Arc<dyn Projection>> {
     all().into_iter().find(|p| p.name() == name)
 }
 
-/// Decodes (and upcasts) an event of aggregate event type `E`.
+/// Decodes (and upcasts) an event of aggregate event type `E`, its strings made storable
+/// ([`storable_json`]).
 pub(crate) fn decode<E: DomainEvent>(event: &RecordedEvent) -> Result<E, ProjectionError> {
-    let payload = event
+    let mut payload = event
         .payload_json()
         .map_err(|e| ProjectionError::decode(event, e))?;
+    storable_json(&mut payload);
     E::from_stored(&event.event_type, event.schema_version, payload)
         .map_err(|e| ProjectionError::decode(event, e))
 }
@@ -60,6 +78,57 @@ pub(crate) fn json<T: serde::Serialize>(value: &T) -> sqlx::types::Json<serde_js
 /// A decimal as text for a `$n::numeric` parameter (exact; sqlx has no decimal feature here).
 pub(crate) fn num(d: Decimal) -> String {
     d.to_string()
+}
+
+/// What the read models store in place of NUL (see the module docs): U+FFFD.
+pub const NUL_REPLACEMENT: char = '\u{FFFD}';
+
+/// `text` as a Postgres `text` or `jsonb` string can hold it: NUL replaced by
+/// [`NUL_REPLACEMENT`], anything else unchanged.
+pub fn storable_text(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text
+    }
+}
+
+/// Makes every string of `value` storable ([`storable_text`]): values and object keys, at any
+/// depth. Two keys that differ only by NUL against U+FFFD become one (the later one wins).
+pub fn storable_json(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if s.contains('\0') => *s = storable_text(std::mem::take(s)),
+        Value::Array(items) => items.iter_mut().for_each(storable_json),
+        Value::Object(map) => {
+            if map.keys().any(|k| k.contains('\0')) {
+                *map = std::mem::take(map)
+                    .into_iter()
+                    .map(|(k, v)| (storable_text(k), v))
+                    .collect();
+            }
+            map.values_mut().for_each(storable_json);
+        }
+        _ => {}
+    }
+}
+
+/// `value` converted to its column's integer type `T`, or [`ProjectionError::OutOfRange`]
+/// naming `column` (`table.column`): a read model never clamps.
+pub(crate) fn fit<T, U>(
+    event: &RecordedEvent,
+    column: &'static str,
+    value: U,
+) -> Result<T, ProjectionError>
+where
+    T: TryFrom<U>,
+    U: Copy + std::fmt::Display,
+{
+    T::try_from(value).map_err(|_| ProjectionError::OutOfRange {
+        event_type: event.event_type.clone(),
+        column,
+        value: value.to_string(),
+    })
 }
 
 /// The stream version as BIGINT.
@@ -112,4 +181,24 @@ pub(crate) async fn write_rows<R: serde::Serialize + Sync>(
         .execute(conn)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn nul_becomes_the_replacement_character_in_values_and_keys_at_any_depth() {
+        let mut v = json!({"a\u{0}": ["x\u{0}y", {"k": "\u{0}"}], "n": 18446744073709551615u64,
+                           "plain": "unchanged"});
+        storable_json(&mut v);
+        assert_eq!(
+            v,
+            json!({"a\u{FFFD}": ["x\u{FFFD}y", {"k": "\u{FFFD}"}], "n": 18446744073709551615u64,
+                   "plain": "unchanged"})
+        );
+        assert_eq!(storable_text("\u{0}".into()), "\u{FFFD}");
+        assert!(!v.to_string().contains("\\u0000"));
+    }
 }

@@ -1,5 +1,10 @@
 //! `problems`: the problem pipeline read model (seed 000) and its per-tenant stage summary.
 //!
+//! Values (see [`super`], "Values a column cannot hold"): NUL in strings and JSON is stored as
+//! U+FFFD; file sizes (`BIGINT`), levels, hours and execution seconds (`INTEGER`) go through a
+//! checked conversion: a value past the column's range (e.g. a file size of 2^63 or more)
+//! dead-letters the event with [`ProjectionError::OutOfRange`] instead of being stored clamped.
+//!
 //! Set-based: a batch loads the problems, analysis plans and deliverables it changes (one
 //! statement each), folds its events into them in memory, writes each table with one
 //! statement (the children it adds included) and adds the pipeline counts as deltas.
@@ -18,7 +23,7 @@ use uuid::Uuid;
 
 pub mod reads;
 
-use super::{decode, json, load_rows, num, ts, version, write_rows};
+use super::{decode, fit, json, load_rows, num, ts, version, write_rows};
 use crate::projection::{Projection, ProjectionError};
 
 /// The problems projection.
@@ -359,7 +364,7 @@ impl Fold {
                     ("parent_id", to_value(&node.parent_id.map(|p| p.as_uuid()))),
                     (
                         "level",
-                        Value::from(i32::try_from(n.level).unwrap_or(i32::MAX)),
+                        Value::from(fit::<i32, _>(event, "problem_tree_nodes.level", n.level)?),
                     ),
                     ("title", Value::from(node.title.as_str())),
                     ("hypotheses", json(&node.hypotheses).0),
@@ -394,7 +399,14 @@ impl Fold {
                             "estimated_hours",
                             to_value(
                                 &p.estimated_hours
-                                    .map(|h| i32::try_from(h).unwrap_or(i32::MAX)),
+                                    .map(|h| {
+                                        fit::<i32, _>(
+                                            event,
+                                            "problem_node_priorities.estimated_hours",
+                                            h,
+                                        )
+                                    })
+                                    .transpose()?,
                             ),
                         ),
                         (
@@ -429,7 +441,8 @@ impl Fold {
                         data_requirements: json(&p.data_requirements).0,
                         estimated_hours: p
                             .estimated_hours
-                            .map(|h| i32::try_from(h).unwrap_or(i32::MAX)),
+                            .map(|h| fit(event, "problem_analysis_plans.estimated_hours", h))
+                            .transpose()?,
                         owner: p.owner.as_ref().map(|o| o.as_str().to_owned()),
                         dependencies: json(&p.dependencies).0,
                         acceptance_criteria: json(&p.acceptance_criteria).0,
@@ -464,7 +477,14 @@ impl Fold {
                         "execution_time_secs",
                         to_value(
                             &res.execution_time_secs
-                                .map(|s| i32::try_from(s).unwrap_or(i32::MAX)),
+                                .map(|s| {
+                                    fit::<i32, _>(
+                                        event,
+                                        "problem_analysis_results.execution_time_secs",
+                                        s,
+                                    )
+                                })
+                                .transpose()?,
                         ),
                     ),
                     ("recorded_at", to_value(&at)),
@@ -480,7 +500,15 @@ impl Fold {
                         ("tenant_id", Value::from(tenant)),
                         ("artifact_type", field("artifact_type")),
                         ("file_path", field("file_path")),
-                        ("file_size", field("file_size")),
+                        (
+                            "file_size",
+                            to_value(
+                                &artifact
+                                    .file_size
+                                    .map(|s| fit::<i64, _>(event, "problem_artifacts.file_size", s))
+                                    .transpose()?,
+                            ),
+                        ),
                         ("mime_type", field("mime_type")),
                         ("description", field("description")),
                         ("created_at", to_value(&at)),
@@ -543,7 +571,10 @@ impl Fold {
                         tenant_id: tenant.to_owned(),
                         deliverable_type: del.deliverable_type.as_str().to_owned(),
                         file_path: del.file_path.as_str().to_owned(),
-                        file_size: del.file_size.map(|s| i64::try_from(s).unwrap_or(i64::MAX)),
+                        file_size: del
+                            .file_size
+                            .map(|s| fit(event, "problem_deliverables.file_size", s))
+                            .transpose()?,
                         mime_type: del.mime_type.as_ref().map(|m| m.as_str().to_owned()),
                         expires_at: del.expires_at.map(ts),
                         status: "generating".into(),

@@ -5,6 +5,12 @@
 //! `agent_session.governance_applied`), so `active_agent_sessions` is a plain filter, not a
 //! per-row count over decisions.
 //!
+//! Values (see [`super`], "Values a column cannot hold"): NUL in strings is stored as U+FFFD;
+//! `tokens` of a cost event and every sum of them must fit `BIGINT` (`tokens_used` of the
+//! session and of the day): an event whose tokens do not (2^63 or more, or a sum past it) is
+//! dead-lettered with [`ProjectionError::OutOfRange`], never stored clamped. Money is exact
+//! (`NUMERIC`).
+//!
 //! Set-based: a batch loads its sessions and their persona activations (one statement each),
 //! folds its events into them in memory, writes each table back with one statement, and adds
 //! the per-user and per-day sums as deltas (exact decimals, summed in memory).
@@ -23,7 +29,7 @@ use uuid::Uuid;
 
 pub mod reads;
 
-use super::{decode, json, load_rows, num, ts, version, write_rows};
+use super::{decode, fit, json, load_rows, num, ts, version, write_rows};
 use crate::projection::{Projection, ProjectionError};
 
 /// Sessions touched by a batch, whole; money as text so that no digit goes through a float.
@@ -287,11 +293,14 @@ impl Fold {
                 Ok(())
             }
             AgentSessionEvent::CostRecorded(c) => {
-                let tokens = c.tokens.map_or(0, |t| i64::try_from(t).unwrap_or(i64::MAX));
+                let tokens: i64 = c
+                    .tokens
+                    .map_or(Ok(0), |t| fit(event, "agent_sessions.tokens_used", t))?;
                 let s = self.session(event, c.session_id.as_uuid(), c.at)?;
                 // The session total is exact, from the event.
                 s.token_cost = num(c.total.get());
-                s.tokens_used = s.tokens_used.saturating_add(tokens);
+                s.tokens_used =
+                    checked_sum(event, "agent_sessions.tokens_used", s.tokens_used, tokens)?;
                 let (tenant, user) = (s.tenant_id.clone(), s.user_ref.clone());
                 let amount = c.amount.get();
                 let a = self
@@ -306,7 +315,7 @@ impl Fold {
                     .or_default();
                 d.cost += amount;
                 d.events += 1;
-                d.tokens = d.tokens.saturating_add(tokens);
+                d.tokens = checked_sum(event, "cost_daily.tokens_used", d.tokens, tokens)?;
                 d.last_position = d.last_position.max(pos);
                 Ok(())
             }
@@ -498,6 +507,20 @@ impl Projection for AgentSessionsProjection {
 }
 
 /// The session an event is about.
+/// `a + b`, or [`ProjectionError::OutOfRange`] when the sum leaves `BIGINT` (never clamped).
+fn checked_sum(
+    event: &RecordedEvent,
+    column: &'static str,
+    a: i64,
+    b: i64,
+) -> Result<i64, ProjectionError> {
+    a.checked_add(b).ok_or_else(|| ProjectionError::OutOfRange {
+        event_type: event.event_type.clone(),
+        column,
+        value: (i128::from(a) + i128::from(b)).to_string(),
+    })
+}
+
 fn session_of(e: &AgentSessionEvent) -> Uuid {
     match e {
         AgentSessionEvent::Created(c) => c.session_id,

@@ -5,6 +5,9 @@
 //! partial index `tasks_open_due_idx`. Everything stored here is a pure function of the events,
 //! which keeps rebuilds equal to incremental builds.
 //!
+//! Values (see [`super`], "Values a column cannot hold"): NUL in strings and JSON is stored as
+//! U+FFFD; an occurrence past `INTEGER` dead-letters the event ([`ProjectionError::OutOfRange`]).
+//!
 //! Set-based: a batch loads the rows it touches (one statement per table), folds its events
 //! into them in memory, and writes each table back with one statement; the summary is written
 //! as per-owner deltas summed over the batch.
@@ -23,7 +26,7 @@ use uuid::Uuid;
 
 pub mod reads;
 
-use super::{decode, load_rows, ts, version, write_rows};
+use super::{decode, fit, load_rows, ts, version, write_rows};
 use crate::projection::{Projection, ProjectionError};
 
 /// Tasks touched by a batch, whole.
@@ -225,7 +228,7 @@ impl Fold {
                         reminder_config: c.reminder_config.as_ref().map(to_value),
                         recurrence: c.recurrence.as_ref().map(to_value),
                         parent_task_id: c.parent_task_id.map(|p| p.as_uuid()),
-                        occurrence: i32::try_from(c.occurrence).unwrap_or(i32::MAX),
+                        occurrence: fit(event, "tasks.occurrence", c.occurrence)?,
                         status: "active".into(),
                         created_by: c.created_by.clone(),
                         created_at: created,

@@ -76,10 +76,9 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(args.metrics_addr)
-        .install()
+    schemas::runtime::install_prometheus(args.metrics_addr)
         .context("starting the metrics endpoint")?;
+    annals_relay::describe_metrics();
 
     let pool = PgPoolOptions::new()
         .max_connections(4)
