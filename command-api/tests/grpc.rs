@@ -443,6 +443,7 @@ async fn problem_pipeline_end_to_end(pool: PgPool) {
     let store = EventStore::new(api.pool.clone());
     let events = store
         .read_stream(
+            "acme",
             &StreamId::new(p.clone()).unwrap(),
             1,
             event_store::Direction::Forward,

@@ -910,7 +910,7 @@ async fn state_as_of_an_instant_equals_the_state_of_the_events_recorded_until_th
     let auditor = api.token(TENANT, Role::Auditor).await;
     let stream = StreamId::new(id.to_string()).unwrap();
     let events = store
-        .read_stream(&stream, 1, Direction::Forward, 100)
+        .read_stream(TENANT, &stream, 1, Direction::Forward, 100)
         .await
         .unwrap();
     assert_eq!(events.len(), 5);

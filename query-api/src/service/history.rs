@@ -108,13 +108,14 @@ fn tampered(t: &event_store::Tampering) -> pb::TamperedEvent {
 }
 
 impl QueryService {
-    /// The stream, if it exists and belongs to `tenant`; its stream type.
+    /// `tenant`'s stream of that id, if it has one (ids are scoped to the tenant); its stream
+    /// type.
     async fn own_stream(&self, tenant: &str, raw: &str) -> Result<(StreamId, String), QueryError> {
         let stream =
             StreamId::new(raw).map_err(|e| QueryError::invalid("stream_id", e.to_string()))?;
-        match self.store.stream_head(&stream).await? {
-            Some(head) if head.tenant_id == tenant => Ok((stream, head.stream_type)),
-            _ => Err(QueryError::NotFound(format!("stream {raw}"))),
+        match self.store.stream_head(tenant, &stream).await? {
+            Some(head) => Ok((stream, head.stream_type)),
+            None => Err(QueryError::NotFound(format!("stream {raw}"))),
         }
     }
 
@@ -209,6 +210,7 @@ impl HistoryQueries for QueryService {
                         .service
                         .store
                         .read_stream(
+                            &c.principal.tenant,
                             &stream,
                             from,
                             Direction::Forward,
@@ -328,7 +330,7 @@ impl HistoryQueries for QueryService {
                         }
                         (None, Some(pb::verify_integrity_request::Scope::StreamId(raw))) => {
                             let (stream, _) = c.service.own_stream(tenant, raw).await?;
-                            c.service.store.verify_stream(&stream).await?
+                            c.service.store.verify_stream(tenant, &stream).await?
                         }
                         // Validation let through a range or a stream id only.
                         (None, _) => {
