@@ -27,8 +27,11 @@ fn batch(tenant: &str, stream: &str, expected: ExpectedVersion, n: usize) -> App
     AppendBatch::new(meta(tenant)).stream(sid(stream), "test", expected, events)
 }
 
+/// (stream id, version) pairs.
+type Versions = Vec<(String, u64)>;
+
 /// An append result without what the server generates (positions, times, event ids).
-fn shape(r: &AppendResult) -> (Vec<(String, u64)>, Vec<(String, u64)>, bool) {
+fn shape(r: &AppendResult) -> (Versions, Versions, bool) {
     (
         r.streams
             .iter()
