@@ -11,7 +11,7 @@
 //!
 //! **Each append keeps its own outcome.** The SQL function decides the items in queue order
 //! against in-memory stream heads and writes only the accepted ones, so a version conflict, a
-//! replayed or reused command id, or a foreign stream in a group refuses that item alone, with
+//! replayed or reused command id, or a stream of another type in a group refuses that item alone, with
 //! no subtransaction per item (past 64 subtransactions a snapshot's subxid cache overflows and
 //! every reader of the cluster slows down). Should the group statement itself fail with an
 //! error the server reported (the transaction was rolled back, e.g. a unique violation from a
