@@ -130,74 +130,76 @@ impl Projection for AuditProjection {
         events: &[RecordedEvent],
     ) -> Result<(), ProjectionError> {
         for (tenant, events) in by_tenant(events) {
-            apply_tenant(conn, tenant, &events).await?;
+            Self::apply_tenant(conn, tenant, &events).await?;
         }
         Ok(())
     }
 }
 
-/// Applies one tenant's events of a batch (resource ids are stream ids, unique per tenant).
-async fn apply_tenant(
-    conn: &mut PgConnection,
-    tenant: &str,
-    events: &[&RecordedEvent],
-) -> Result<(), ProjectionError> {
-    let mut ids: Vec<String> = events.iter().map(|e| e.stream_id.clone()).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    let mut states: HashMap<String, StateRow> =
-        load_rows::<_, StateRow>(conn, LOAD_STATE, tenant, ids)
-            .await?
-            .into_iter()
-            .map(|s| (s.resource_id.clone(), s))
+impl AuditProjection {
+    /// Applies one tenant's events of a batch (resource ids are stream ids, unique per tenant).
+    async fn apply_tenant(
+        conn: &mut PgConnection,
+        tenant: &str,
+        events: &[&RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        let mut ids: Vec<String> = events.iter().map(|e| e.stream_id.clone()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut states: HashMap<String, StateRow> =
+            load_rows::<_, StateRow>(conn, LOAD_STATE, tenant, ids)
+                .await?
+                .into_iter()
+                .map(|s| (s.resource_id.clone(), s))
+                .collect();
+        let mut log = LogColumns::default();
+        for event in events {
+            let meta = event
+                .metadata()
+                .map_err(|e| ProjectionError::decode(event, e))?;
+            let payload = event
+                .payload_json()
+                .map_err(|e| ProjectionError::decode(event, e))?;
+            let fields = flatten_payload(&event.event_type, &payload);
+            let pos = event.global_position.0;
+            let state = states
+                .entry(event.stream_id.clone())
+                .or_insert_with(|| StateRow {
+                    resource_id: event.stream_id.clone(),
+                    tenant_id: event.tenant_id.clone(),
+                    fields: Map::new(),
+                    last_position: pos,
+                });
+            let changes = diff(&state.fields, &fields);
+            state.fields.extend(fields);
+            state.last_position = pos;
+            log.global_position.push(pos);
+            log.event_id.push(event.event_id);
+            log.tenant_id.push(&event.tenant_id);
+            log.action.push(&event.event_type);
+            log.actor.push(meta.actor);
+            log.actor_type.push(meta.actor_type);
+            log.resource_type.push(&event.stream_type);
+            log.resource_id.push(&event.stream_id);
+            log.resource_version.push(super::version(event));
+            log.changes.push(Value::Object(changes).to_string());
+            log.command_id.push(meta.command_id);
+            log.correlation_id.push(meta.correlation_id);
+            log.causation_id.push(meta.causation_id);
+            log.client_ip.push(meta.client_ip);
+            log.user_agent.push(meta.user_agent);
+            log.occurred_at.push(ts(event.recorded_at));
+            log.event_hash.push(hex::encode(event.hash));
+        }
+        log.insert(conn).await?;
+        let mut touched: Vec<&StateRow> = events
+            .iter()
+            .filter_map(|e| states.get(&e.stream_id))
             .collect();
-    let mut log = LogColumns::default();
-    for event in events {
-        let meta = event
-            .metadata()
-            .map_err(|e| ProjectionError::decode(event, e))?;
-        let payload = event
-            .payload_json()
-            .map_err(|e| ProjectionError::decode(event, e))?;
-        let fields = flatten_payload(&event.event_type, &payload);
-        let pos = event.global_position.0;
-        let state = states
-            .entry(event.stream_id.clone())
-            .or_insert_with(|| StateRow {
-                resource_id: event.stream_id.clone(),
-                tenant_id: event.tenant_id.clone(),
-                fields: Map::new(),
-                last_position: pos,
-            });
-        let changes = diff(&state.fields, &fields);
-        state.fields.extend(fields);
-        state.last_position = pos;
-        log.global_position.push(pos);
-        log.event_id.push(event.event_id);
-        log.tenant_id.push(&event.tenant_id);
-        log.action.push(&event.event_type);
-        log.actor.push(meta.actor);
-        log.actor_type.push(meta.actor_type);
-        log.resource_type.push(&event.stream_type);
-        log.resource_id.push(&event.stream_id);
-        log.resource_version.push(super::version(event));
-        log.changes.push(Value::Object(changes).to_string());
-        log.command_id.push(meta.command_id);
-        log.correlation_id.push(meta.correlation_id);
-        log.causation_id.push(meta.causation_id);
-        log.client_ip.push(meta.client_ip);
-        log.user_agent.push(meta.user_agent);
-        log.occurred_at.push(ts(event.recorded_at));
-        log.event_hash.push(hex::encode(event.hash));
+        touched.sort_by(|a, b| a.resource_id.cmp(&b.resource_id));
+        touched.dedup_by(|a, b| a.resource_id == b.resource_id);
+        write_rows(conn, UPSERT_STATE, &touched).await
     }
-    log.insert(conn).await?;
-    let mut touched: Vec<&StateRow> = events
-        .iter()
-        .filter_map(|e| states.get(&e.stream_id))
-        .collect();
-    touched.sort_by(|a, b| a.resource_id.cmp(&b.resource_id));
-    touched.dedup_by(|a, b| a.resource_id == b.resource_id);
-    write_rows(conn, UPSERT_STATE, &touched).await
 }
 
 /// `{field: {"before": .., "after": ..}}` for every field of `after` whose value differs from

@@ -675,54 +675,59 @@ impl Projection for ProblemsProjection {
         events: &[RecordedEvent],
     ) -> Result<(), ProjectionError> {
         for (tenant, events) in by_tenant(events) {
-            apply_tenant(conn, tenant, &events).await?;
+            Self::apply_tenant(conn, tenant, &events).await?;
         }
         Ok(())
     }
 }
 
-/// Applies one tenant's events of a batch (problem and child ids are unique per tenant).
-async fn apply_tenant(
-    conn: &mut PgConnection,
-    tenant: &str,
-    events: &[&RecordedEvent],
-) -> Result<(), ProjectionError> {
-    let decoded: Vec<ProblemEvent> = events.iter().map(|e| decode(e)).collect::<Result<_, _>>()?;
-    let (mut problems, mut plans, mut deliverables) = (Vec::new(), Vec::new(), Vec::new());
-    for e in &decoded {
-        problems.push(problem_of(e));
-        match e {
-            ProblemEvent::AnalysisPlanCreated(a) => plans.push(a.plan.plan_id.as_uuid()),
-            ProblemEvent::AnalysisResultRecorded(r) => {
-                plans.push(r.result.plan_id.as_uuid());
+impl ProblemsProjection {
+    /// Applies one tenant's events of a batch (problem and child ids are unique per tenant).
+    async fn apply_tenant(
+        conn: &mut PgConnection,
+        tenant: &str,
+        events: &[&RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        let decoded: Vec<ProblemEvent> =
+            events.iter().map(|e| decode(e)).collect::<Result<_, _>>()?;
+        let (mut problems, mut plans, mut deliverables) = (Vec::new(), Vec::new(), Vec::new());
+        for e in &decoded {
+            problems.push(problem_of(e));
+            match e {
+                ProblemEvent::AnalysisPlanCreated(a) => plans.push(a.plan.plan_id.as_uuid()),
+                ProblemEvent::AnalysisResultRecorded(r) => {
+                    plans.push(r.result.plan_id.as_uuid());
+                }
+                ProblemEvent::DeliverableAdded(d) => {
+                    deliverables.push(d.deliverable.deliverable_id.as_uuid());
+                }
+                ProblemEvent::DeliverableReady(d) | ProblemEvent::DeliverableFailed(d) => {
+                    deliverables.push(d.deliverable_id.as_uuid());
+                }
+                _ => {}
             }
-            ProblemEvent::DeliverableAdded(d) => {
-                deliverables.push(d.deliverable.deliverable_id.as_uuid());
-            }
-            ProblemEvent::DeliverableReady(d) | ProblemEvent::DeliverableFailed(d) => {
-                deliverables.push(d.deliverable_id.as_uuid());
-            }
-            _ => {}
         }
+        for ids in [&mut problems, &mut plans, &mut deliverables] {
+            ids.sort_unstable();
+            ids.dedup();
+        }
+        let mut fold = Fold::default();
+        for r in load_rows::<_, ProblemRow>(conn, LOAD_PROBLEMS, tenant, problems).await? {
+            fold.problems.insert(r.problem_id, r);
+        }
+        for r in load_rows::<_, PlanRow>(conn, LOAD_PLANS, tenant, plans).await? {
+            fold.plans.insert(r.plan_id, r);
+        }
+        for r in
+            load_rows::<_, DeliverableRow>(conn, LOAD_DELIVERABLES, tenant, deliverables).await?
+        {
+            fold.deliverables.insert(r.deliverable_id, r);
+        }
+        for (event, e) in events.iter().zip(&decoded) {
+            fold.apply(event, e)?;
+        }
+        fold.write(conn).await
     }
-    for ids in [&mut problems, &mut plans, &mut deliverables] {
-        ids.sort_unstable();
-        ids.dedup();
-    }
-    let mut fold = Fold::default();
-    for r in load_rows::<_, ProblemRow>(conn, LOAD_PROBLEMS, tenant, problems).await? {
-        fold.problems.insert(r.problem_id, r);
-    }
-    for r in load_rows::<_, PlanRow>(conn, LOAD_PLANS, tenant, plans).await? {
-        fold.plans.insert(r.plan_id, r);
-    }
-    for r in load_rows::<_, DeliverableRow>(conn, LOAD_DELIVERABLES, tenant, deliverables).await? {
-        fold.deliverables.insert(r.deliverable_id, r);
-    }
-    for (event, e) in events.iter().zip(&decoded) {
-        fold.apply(event, e)?;
-    }
-    fold.write(conn).await
 }
 
 /// The problem an event is about.

@@ -472,41 +472,43 @@ impl Projection for AgentSessionsProjection {
         events: &[RecordedEvent],
     ) -> Result<(), ProjectionError> {
         for (tenant, events) in by_tenant(events) {
-            apply_tenant(conn, tenant, &events).await?;
+            Self::apply_tenant(conn, tenant, &events).await?;
         }
         Ok(())
     }
 }
 
-/// Applies one tenant's events of a batch (session ids are unique per tenant).
-async fn apply_tenant(
-    conn: &mut PgConnection,
-    tenant: &str,
-    events: &[&RecordedEvent],
-) -> Result<(), ProjectionError> {
-    let decoded: Vec<AgentSessionEvent> =
-        events.iter().map(|e| decode(e)).collect::<Result<_, _>>()?;
-    let mut ids: Vec<Uuid> = decoded.iter().map(session_of).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    let mut fold = Fold::default();
-    for row in load_rows::<_, SessionRow>(conn, LOAD_SESSIONS, tenant, ids.clone()).await? {
-        fold.sessions.insert(row.session_id, row);
+impl AgentSessionsProjection {
+    /// Applies one tenant's events of a batch (session ids are unique per tenant).
+    async fn apply_tenant(
+        conn: &mut PgConnection,
+        tenant: &str,
+        events: &[&RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        let decoded: Vec<AgentSessionEvent> =
+            events.iter().map(|e| decode(e)).collect::<Result<_, _>>()?;
+        let mut ids: Vec<Uuid> = decoded.iter().map(session_of).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut fold = Fold::default();
+        for row in load_rows::<_, SessionRow>(conn, LOAD_SESSIONS, tenant, ids.clone()).await? {
+            fold.sessions.insert(row.session_id, row);
+        }
+        for row in load_rows::<_, PersonaRow>(conn, LOAD_PERSONAS, tenant, ids).await? {
+            fold.personas.insert(
+                (
+                    row.session_id,
+                    row.persona_id.clone(),
+                    row.activated_position,
+                ),
+                row,
+            );
+        }
+        for (event, e) in events.iter().zip(&decoded) {
+            fold.apply(event, e)?;
+        }
+        fold.write(conn).await
     }
-    for row in load_rows::<_, PersonaRow>(conn, LOAD_PERSONAS, tenant, ids).await? {
-        fold.personas.insert(
-            (
-                row.session_id,
-                row.persona_id.clone(),
-                row.activated_position,
-            ),
-            row,
-        );
-    }
-    for (event, e) in events.iter().zip(&decoded) {
-        fold.apply(event, e)?;
-    }
-    fold.write(conn).await
 }
 
 /// The session an event is about.

@@ -437,55 +437,58 @@ impl Projection for TasksProjection {
         events: &[RecordedEvent],
     ) -> Result<(), ProjectionError> {
         for (tenant, events) in by_tenant(events) {
-            apply_tenant(conn, tenant, &events).await?;
+            Self::apply_tenant(conn, tenant, &events).await?;
         }
         Ok(())
     }
 }
 
-/// Applies one tenant's events of a batch (task and reminder ids are unique per tenant).
-async fn apply_tenant(
-    conn: &mut PgConnection,
-    tenant: &str,
-    events: &[&RecordedEvent],
-) -> Result<(), ProjectionError> {
-    let decoded: Vec<TaskEvent> = events.iter().map(|e| decode(e)).collect::<Result<_, _>>()?;
-    let mut task_ids: Vec<Uuid> = Vec::new();
-    let mut with_reminders: Vec<Uuid> = Vec::new();
-    for e in &decoded {
-        let (id, reminders) = match e {
-            TaskEvent::Created(c) => (c.task_id, false),
-            TaskEvent::Updated(u) => (u.task_id, false),
-            TaskEvent::Completed(c) => (c.task_id, false),
-            TaskEvent::Deleted(d) => (d.task_id, false),
-            TaskEvent::Restored(r) => (r.task_id, false),
-            TaskEvent::ReminderScheduled(s) => (s.task_id, true),
-            TaskEvent::ReminderSent(s) => (s.task_id, true),
-            TaskEvent::ReminderRetryScheduled(f) | TaskEvent::ReminderFailed(f) => {
-                (f.task_id, true)
+impl TasksProjection {
+    /// Applies one tenant's events of a batch (task and reminder ids are unique per tenant).
+    async fn apply_tenant(
+        conn: &mut PgConnection,
+        tenant: &str,
+        events: &[&RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        let decoded: Vec<TaskEvent> = events.iter().map(|e| decode(e)).collect::<Result<_, _>>()?;
+        let mut task_ids: Vec<Uuid> = Vec::new();
+        let mut with_reminders: Vec<Uuid> = Vec::new();
+        for e in &decoded {
+            let (id, reminders) = match e {
+                TaskEvent::Created(c) => (c.task_id, false),
+                TaskEvent::Updated(u) => (u.task_id, false),
+                TaskEvent::Completed(c) => (c.task_id, false),
+                TaskEvent::Deleted(d) => (d.task_id, false),
+                TaskEvent::Restored(r) => (r.task_id, false),
+                TaskEvent::ReminderScheduled(s) => (s.task_id, true),
+                TaskEvent::ReminderSent(s) => (s.task_id, true),
+                TaskEvent::ReminderRetryScheduled(f) | TaskEvent::ReminderFailed(f) => {
+                    (f.task_id, true)
+                }
+                TaskEvent::ReminderRetried(r) => (r.task_id, true),
+            };
+            task_ids.push(id.as_uuid());
+            if reminders {
+                with_reminders.push(id.as_uuid());
             }
-            TaskEvent::ReminderRetried(r) => (r.task_id, true),
-        };
-        task_ids.push(id.as_uuid());
-        if reminders {
-            with_reminders.push(id.as_uuid());
         }
+        task_ids.sort_unstable();
+        task_ids.dedup();
+        with_reminders.sort_unstable();
+        with_reminders.dedup();
+        let mut fold = Fold::default();
+        for row in load_rows::<_, TaskRow>(conn, LOAD_TASKS, tenant, task_ids).await? {
+            fold.tasks.insert(row.task_id, row);
+        }
+        for row in load_rows::<_, ReminderRow>(conn, LOAD_REMINDERS, tenant, with_reminders).await?
+        {
+            fold.reminders.insert(row.reminder_id, row);
+        }
+        for (event, e) in events.iter().zip(&decoded) {
+            fold.apply(event, e)?;
+        }
+        fold.write(conn).await
     }
-    task_ids.sort_unstable();
-    task_ids.dedup();
-    with_reminders.sort_unstable();
-    with_reminders.dedup();
-    let mut fold = Fold::default();
-    for row in load_rows::<_, TaskRow>(conn, LOAD_TASKS, tenant, task_ids).await? {
-        fold.tasks.insert(row.task_id, row);
-    }
-    for row in load_rows::<_, ReminderRow>(conn, LOAD_REMINDERS, tenant, with_reminders).await? {
-        fold.reminders.insert(row.reminder_id, row);
-    }
-    for (event, e) in events.iter().zip(&decoded) {
-        fold.apply(event, e)?;
-    }
-    fold.write(conn).await
 }
 
 /// Applies a partial update: `Keep` leaves the field, `Clear` empties it.
