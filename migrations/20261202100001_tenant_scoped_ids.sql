@@ -12,10 +12,12 @@
 -- * annals_append_group: slots are (tenant, stream), advisory locks include the tenant, status 4
 --                means only "the stream holds another stream type".
 --
--- Locks: every new key is built as a plain unique index first (SHARE lock: reads go on, writes
--- wait for the build), then the old constraint is swapped for it (a catalog change under a
--- brief ACCESS EXCLUSIVE lock). Existing rows stay valid: every existing key is unique per
--- tenant because it was unique overall.
+-- Locks, in the order taken (all held until the migration commits): first the long steps under
+-- SHARE locks (index builds: readers go on, appends wait), the backfills, and last the swaps of
+-- the old keys for the new indexes (catalog changes under ACCESS EXCLUSIVE locks), so that
+-- readers of events and streams wait only for that short tail. Appends wait for the whole
+-- migration (the events index must be complete before an append may use the new key). Existing
+-- rows stay valid: every existing key is unique per tenant because it was unique overall.
 
 -- Advisory lock key of one stream (tenant-scoped: two tenants' streams never serialise).
 -- The tenant is length-prefixed so that no (tenant, stream) pair spells another's key text.
@@ -24,17 +26,10 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
     SELECT hashtextextended('annals.stream:' || length(p_tenant) || ':' || p_tenant || ':' || p_stream, 0)
 $$;
 
--- streams
-CREATE UNIQUE INDEX streams_tenant_stream_key ON streams (tenant_id, stream_id);
-ALTER TABLE streams
-    DROP CONSTRAINT streams_pkey,
-    ADD CONSTRAINT streams_pkey PRIMARY KEY USING INDEX streams_tenant_stream_key;
-
--- events: the stream read (tenant, stream, version range) uses the new key.
+-- The new keys of events and streams (the stream read, tenant + stream + version range, uses
+-- the events one).
 CREATE UNIQUE INDEX events_tenant_stream_version_key ON events (tenant_id, stream_id, stream_version);
-ALTER TABLE events
-    DROP CONSTRAINT events_stream_version_key,
-    ADD CONSTRAINT events_stream_version_key UNIQUE USING INDEX events_tenant_stream_version_key;
+CREATE UNIQUE INDEX streams_tenant_stream_key ON streams (tenant_id, stream_id);
 
 -- command_log: the tenant of a logged command is the tenant of its events. Rows written since
 -- group commit point at their first event (first_position); older rows carry their result,
@@ -54,9 +49,6 @@ UPDATE command_log cl
  WHERE cl.tenant_id IS NULL;
 ALTER TABLE command_log ALTER COLUMN tenant_id SET NOT NULL;
 CREATE UNIQUE INDEX command_log_tenant_command_key ON command_log (tenant_id, command_id);
-ALTER TABLE command_log
-    DROP CONSTRAINT command_log_pkey,
-    ADD CONSTRAINT command_log_pkey PRIMARY KEY USING INDEX command_log_tenant_command_key;
 
 -- projection_streams: applied version per projection and (tenant, stream). Stream ids were
 -- unique overall until now, so streams names each row's tenant.
@@ -70,14 +62,26 @@ UPDATE projection_streams ps
 DELETE FROM projection_streams WHERE tenant_id IS NULL;
 ALTER TABLE projection_streams ALTER COLUMN tenant_id SET NOT NULL;
 CREATE UNIQUE INDEX projection_streams_tenant_key ON projection_streams (projection, tenant_id, stream_id);
+
+-- Dead letters are looked up per projection and (tenant, stream).
+CREATE INDEX projection_dead_letters_tenant_open_idx
+    ON projection_dead_letters (projection, tenant_id, stream_id, stream_version) WHERE status = 'open';
+DROP INDEX projection_dead_letters_open_idx;
+ALTER INDEX projection_dead_letters_tenant_open_idx RENAME TO projection_dead_letters_open_idx;
+
+-- The swaps: each new index becomes the key, under the old constraint's name.
+ALTER TABLE command_log
+    DROP CONSTRAINT command_log_pkey,
+    ADD CONSTRAINT command_log_pkey PRIMARY KEY USING INDEX command_log_tenant_command_key;
 ALTER TABLE projection_streams
     DROP CONSTRAINT projection_streams_pkey,
     ADD CONSTRAINT projection_streams_pkey PRIMARY KEY USING INDEX projection_streams_tenant_key;
-
--- Dead letters are looked up per projection and (tenant, stream).
-DROP INDEX projection_dead_letters_open_idx;
-CREATE INDEX projection_dead_letters_open_idx
-    ON projection_dead_letters (projection, tenant_id, stream_id, stream_version) WHERE status = 'open';
+ALTER TABLE streams
+    DROP CONSTRAINT streams_pkey,
+    ADD CONSTRAINT streams_pkey PRIMARY KEY USING INDEX streams_tenant_stream_key;
+ALTER TABLE events
+    DROP CONSTRAINT events_stream_version_key,
+    ADD CONSTRAINT events_stream_version_key UNIQUE USING INDEX events_tenant_stream_version_key;
 
 -- The group append of 20261202000001_group_commit.sql, tenant-scoped (same signature: running
 -- binaries of the previous release keep working). Changes: a slot is a (tenant, stream); stream
