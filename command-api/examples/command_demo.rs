@@ -297,7 +297,7 @@ async fn main() -> anyhow::Result<()> {
         ("agent session", &session_id),
     ] {
         let report = store
-            .verify_stream(&event_store::StreamId::new(id.clone())?)
+            .verify_stream(&info.tenant, &event_store::StreamId::new(id.clone())?)
             .await?;
         println!(
             "   {name:<14} {}: {} ({} events)",

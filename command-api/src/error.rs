@@ -6,8 +6,8 @@
 //! | role may not send commands | `PERMISSION_DENIED` |
 //! | malformed or out-of-range field (edge validation or the domain's value rules) | `INVALID_ARGUMENT`, message `field.path: what is wrong` |
 //! | the aggregate's state forbids the command (domain refusal) | `FAILED_PRECONDITION` |
-//! | unknown aggregate or child entity (also: another tenant's aggregate) | `NOT_FOUND` |
-//! | create of an existing aggregate; `command_id` reused for a different request | `ALREADY_EXISTS` |
+//! | unknown aggregate or child entity in the caller's tenant (ids are scoped to the tenant: another tenant's aggregate of the same id is not there) | `NOT_FOUND` |
+//! | create of an aggregate the caller's tenant already has; `command_id` reused by the caller's tenant for a different request | `ALREADY_EXISTS` |
 //! | concurrency conflict (expected version differs from the current one) | `ABORTED`, message names the current version |
 //! | database unreachable, pool exhausted, transient failure | `UNAVAILABLE`, generic message |
 //! | anything else (corrupt history, bugs) | `INTERNAL`, generic message |
@@ -108,7 +108,7 @@ impl ApiError {
                 StoreError::CommandIdReused { .. } | StoreError::DuplicateEventId => {
                     "already_exists"
                 }
-                StoreError::ForeignStream { .. } => "not_found",
+                StoreError::StreamTypeMismatch { .. } => "not_found",
                 StoreError::PositionsBehind => "unavailable",
                 e if e.is_transient() => "unavailable",
                 _ => "internal",
@@ -205,8 +205,9 @@ impl From<ApiError> for Status {
             ApiError::Store(StoreError::DuplicateEventId) => {
                 Status::already_exists("an event id of this command already exists")
             }
-            // The tenant wall: another tenant's stream is reported as absent, nothing more.
-            ApiError::Store(StoreError::ForeignStream { .. }) => {
+            // A stream of the caller's tenant holding another aggregate type (ids are scoped to
+            // the tenant, so this never concerns another tenant's data).
+            ApiError::Store(StoreError::StreamTypeMismatch { .. }) => {
                 Status::not_found("stream not found")
             }
             ApiError::Store(e @ StoreError::PositionsBehind) => {

@@ -8,14 +8,17 @@
 //! - **On an existing aggregate**: load (fold with `from_stored` + `evolve`), check the
 //!   client's expected version (`ABORTED` on mismatch), decide, append with `Exact(loaded)`;
 //!   two round trips.
-//! - **Refusals** (domain refusal, client version mismatch, a stream of another tenant or type)
+//! - **Refusals** (domain refusal, client version mismatch, a stream of another aggregate type)
 //!   and commands that decide to append nothing look at the command log once, so that a retry
 //!   whose first attempt succeeded keeps getting the original result. A create whose stream
 //!   exists, or that the empty state refuses, is loaded and decided again on what is there, so
 //!   it is answered exactly as before (`ALREADY_EXISTS` for an existing id).
 //!
-//! A stream of another tenant or another aggregate type is reported as not found (and a create
-//! on it as already existing), so tenants learn nothing about each other's data.
+//! Aggregate ids and command ids are scoped to the caller's tenant (the store keys streams and
+//! the command log by tenant): another tenant's aggregate of the same id is simply not there, so
+//! a create of that id succeeds, a command on it is "not found", and no answer depends on another
+//! tenant's data. A stream of the caller's tenant holding another aggregate type (a task id
+//! naming a problem) is reported as not found, and a create on it as already existing.
 //!
 //! Governed commands ([`execute_governed`]) load both streams at once (two connections, one
 //! round trip of latency), decide them together and append them atomically.
@@ -83,7 +86,8 @@ fn stream_id(id: Uuid) -> Result<StreamId, ApiError> {
     Ok(StreamId::new(id.to_string())?)
 }
 
-fn hidden(scope: &'static str, target: Target, id: Uuid) -> ApiError {
+/// The answer for an id of the caller's tenant that names another aggregate type.
+fn other_type(scope: &'static str, target: Target, id: Uuid) -> ApiError {
     match target {
         Target::Create => ApiError::Domain {
             scope,
@@ -139,7 +143,7 @@ where
     match aggregate::execute::<A>(store, execution).await? {
         Ok(executed) => Ok(answer(&stream, executed)),
         Err(Refusal::Domain(error)) => Err(ApiError::Domain { scope, error }),
-        Err(Refusal::Foreign) => Err(hidden(scope, target, id)),
+        Err(Refusal::OtherType) => Err(other_type(scope, target, id)),
         Err(Refusal::VersionMismatch { expected, actual }) => {
             Err(mismatch(&stream, expected, actual))
         }
@@ -213,11 +217,11 @@ pub async fn execute_governed(
         aggregate::load::<GovernanceDecision>(store, tenant, &decision_stream),
     )?;
     let Some(session) = session else {
-        let error = hidden("session", Target::Existing, session_uuid);
+        let error = other_type("session", Target::Existing, session_uuid);
         return refuse(store, call, primary_stream, error).await;
     };
     let Some(decision) = decision else {
-        let error = hidden("decision", Target::Create, decision_uuid);
+        let error = other_type("decision", Target::Create, decision_uuid);
         return refuse(store, call, primary_stream, error).await;
     };
     if let Some(expected) = call.envelope.expected_version

@@ -443,6 +443,7 @@ async fn problem_pipeline_end_to_end(pool: PgPool) {
     let store = EventStore::new(api.pool.clone());
     let events = store
         .read_stream(
+            "acme",
             &StreamId::new(p.clone()).unwrap(),
             1,
             event_store::Direction::Forward,
@@ -960,18 +961,85 @@ async fn concurrent_writers_conflict_with_aborted_never_a_partial_write(pool: Pg
 }
 
 #[sqlx::test(migrator = "event_store::MIGRATOR")]
-async fn tenants_cannot_touch_each_others_aggregates(pool: PgPool) {
+async fn one_aggregate_id_and_command_id_in_two_tenants_are_two_independent_things(pool: PgPool) {
     let api = Api::start(pool).await;
+    let store = EventStore::new(api.pool.clone());
     let t = id();
-    api.tasks()
-        .create_task(api.req(task_req(&t)))
-        .await
-        .unwrap();
-    let other = make_token(&api.tokens, "globex", "intruder", Role::Service).await;
+    let command = Uuid::now_v7().to_string();
+    let mut create = task_req(&t);
+    create.envelope.as_mut().unwrap().command_id = command.clone();
+    let acme = ok(api.tasks().create_task(api.req(create.clone())).await);
+    assert_eq!((acme.version, acme.replayed), (1, false));
+
+    // globex: the same task id and the same command id are free. The create succeeds as globex's
+    // own task; it is not a replay of acme's command.
+    let globex = make_token(&api.tokens, "globex", "billing-svc", Role::Service).await;
+    let theirs = ok(api
+        .tasks()
+        .create_task(with_token(&globex, create.clone()))
+        .await);
+    assert_eq!((theirs.version, theirs.replayed), (1, false));
+    assert_ne!(theirs.event_ids, acme.event_ids);
+    // Its retry is a replay of globex's command, not acme's.
+    let again = ok(api
+        .tasks()
+        .create_task(with_token(&globex, create.clone()))
+        .await);
+    assert!(again.replayed);
+    assert_eq!(again.event_ids, theirs.event_ids);
+
+    // Each tenant's commands act on its own task only.
+    let done = ok(api
+        .tasks()
+        .complete_task(with_token(
+            &globex,
+            pb::CompleteTaskRequest {
+                envelope: env(),
+                task_id: t.clone(),
+            },
+        ))
+        .await);
+    assert_eq!(done.version, 2);
+    let renamed = ok(api
+        .tasks()
+        .update_task(api.req(pb::UpdateTaskRequest {
+            envelope: env(),
+            task_id: t.clone(),
+            title: Some("acme's own title".into()),
+            ..Default::default()
+        }))
+        .await);
+    assert_eq!(
+        renamed.version, 2,
+        "acme's task was not completed by globex"
+    );
+    let stream = StreamId::new(t.clone()).unwrap();
+    for (tenant, types) in [
+        ("acme", ["task.created", "task.updated"]),
+        ("globex", ["task.created", "task.completed"]),
+    ] {
+        let events = store
+            .read_stream(tenant, &stream, 1, event_store::Direction::Forward, 10)
+            .await
+            .unwrap();
+        assert!(events.iter().all(|e| e.tenant_id == tenant));
+        let got: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+        assert_eq!(got, types, "{tenant}");
+        assert!(
+            store
+                .verify_stream(tenant, &stream)
+                .await
+                .unwrap()
+                .is_intact(),
+            "{tenant}"
+        );
+    }
+    // A tenant that has no such task is told it does not exist.
+    let initech = make_token(&api.tokens, "initech", "billing-svc", Role::Service).await;
     let s = expect_code(
         api.tasks()
             .complete_task(with_token(
-                &other,
+                &initech,
                 pb::CompleteTaskRequest {
                     envelope: env(),
                     task_id: t.clone(),
@@ -980,14 +1048,123 @@ async fn tenants_cannot_touch_each_others_aggregates(pool: PgPool) {
             .await,
         Code::NotFound,
     );
-    assert!(s.message().contains("not found"));
-    expect_code(
-        api.tasks()
-            .create_task(with_token(&other, task_req(&t)))
-            .await,
-        Code::AlreadyExists,
-    );
-    assert_eq!(api.event_count().await, 1);
+    assert_eq!(s.message(), format!("task {t} does not exist"));
+    assert_eq!(api.event_count().await, 4);
+    api.stop().await;
+}
+
+/// A command's answer with what the server generates blanked out (event ids, positions,
+/// recording time), encoded: equal bytes mean an equal answer.
+fn answer_bytes(r: &Result<tonic::Response<pb::CommandResult>, tonic::Status>) -> Vec<u8> {
+    use prost::Message;
+    match r {
+        Ok(r) => {
+            let mut r = r.get_ref().clone();
+            r.global_position = 0;
+            r.event_ids.clear();
+            r.recorded_at = None;
+            for e in &mut r.events {
+                e.event_id.clear();
+                e.global_position = 0;
+            }
+            [b"ok:".as_slice(), &r.encode_to_vec()].concat()
+        }
+        Err(s) => {
+            let code = s.metadata().get("annals-error-code").map(|v| v.as_bytes());
+            format!("{:?}|{}|{:?}", s.code(), s.message(), code).into_bytes()
+        }
+    }
+}
+
+/// One tenant's conversation about task `t`, with fixed command ids: each answer, comparable.
+async fn conversation(api: &Api, token: &str, t: &str, commands: &[String; 4]) -> Vec<Vec<u8>> {
+    let complete = |command: &str| pb::CompleteTaskRequest {
+        envelope: Some(pb::CommandEnvelope {
+            command_id: command.to_owned(),
+            ..Default::default()
+        }),
+        task_id: t.to_owned(),
+    };
+    let mut create = task_req(t);
+    create.due_date = Some(prost_types::Timestamp {
+        seconds: 4_102_444_800, // 2100-01-01: the same request in every conversation
+        nanos: 0,
+    });
+    create.envelope.as_mut().unwrap().command_id = commands[1].clone();
+    let mut again = create.clone();
+    again.envelope.as_mut().unwrap().command_id = commands[2].clone();
+    let mut tasks = api.tasks();
+    vec![
+        // A command on the id before the tenant has it.
+        answer_bytes(
+            &tasks
+                .complete_task(with_token(token, complete(&commands[0])))
+                .await,
+        ),
+        // The create, its retry, a second create of the id under a new command id.
+        answer_bytes(&tasks.create_task(with_token(token, create.clone())).await),
+        answer_bytes(&tasks.create_task(with_token(token, create.clone())).await),
+        answer_bytes(&tasks.create_task(with_token(token, again)).await),
+        // The create's command id reused for another request.
+        answer_bytes(
+            &tasks
+                .complete_task(with_token(token, complete(&commands[1])))
+                .await,
+        ),
+        // And a command that works.
+        answer_bytes(
+            &tasks
+                .complete_task(with_token(token, complete(&commands[3])))
+                .await,
+        ),
+    ]
+}
+
+#[sqlx::test(migrator = "event_store::MIGRATOR")]
+async fn no_answer_depends_on_another_tenants_ids(pool: PgPool) {
+    let api = Api::start(pool).await;
+    let t = id();
+    let commands: [String; 4] = std::array::from_fn(|_| Uuid::now_v7().to_string());
+    let before = make_token(&api.tokens, "initech", "billing-svc", Role::Service).await;
+    let after = make_token(&api.tokens, "umbrella", "billing-svc", Role::Service).await;
+
+    // initech talks about task t while no tenant has it.
+    let alone = conversation(&api, &before, &t, &commands).await;
+    // acme then holds task t, created under the very command ids the others use.
+    for (i, command) in commands.iter().enumerate() {
+        let mut create = task_req(&t);
+        create.envelope.as_mut().unwrap().command_id = command.clone();
+        let r = api.tasks().create_task(api.req(create)).await;
+        if i == 0 {
+            r.unwrap();
+        }
+    }
+    // umbrella's conversation is the same, answer by answer, byte for byte.
+    let beside = conversation(&api, &after, &t, &commands).await;
+    assert_eq!(alone.len(), beside.len());
+    for (n, (a, b)) in alone.iter().zip(&beside).enumerate() {
+        assert_eq!(
+            String::from_utf8_lossy(a),
+            String::from_utf8_lossy(b),
+            "answer {n} differs"
+        );
+    }
+    // The conversation covered every kind of answer a foreign id used to change.
+    let codes: Vec<String> = alone
+        .iter()
+        .map(|a| {
+            String::from_utf8_lossy(a)
+                .split('|')
+                .next()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert!(codes[0].starts_with("NotFound"), "{codes:?}");
+    assert!(codes[1].starts_with("ok:"), "{codes:?}");
+    assert!(codes[3].starts_with("AlreadyExists"), "{codes:?}");
+    assert!(codes[4].starts_with("AlreadyExists"), "{codes:?}");
+    assert!(codes[5].starts_with("ok:"), "{codes:?}");
     api.stop().await;
 }
 

@@ -134,7 +134,7 @@ async fn main() -> anyhow::Result<()> {
 
     println!("5. stream {alice}, forward:");
     for e in store
-        .read_stream(&alice, 1, Direction::Forward, 100)
+        .read_stream("acme", &alice, 1, Direction::Forward, 100)
         .await?
     {
         println!(
@@ -162,7 +162,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     for stream in [&alice, &bob] {
-        let report = store.verify_stream(stream).await?;
+        let report = store.verify_stream("acme", stream).await?;
         println!(
             "7. hash chain of {stream}: {} ({} events)",
             if report.is_intact() {

@@ -1,9 +1,9 @@
 //! The one home of the fold loop: load an [`Aggregate`] from its stream, execute a command on it.
 //!
-//! - [`load`] / [`load_until`] read a stream forward page by page, upcast each event through
-//!   [`DomainEvent::from_stored`] and fold it with [`Aggregate::evolve`]. A stream of another
-//!   tenant or another aggregate type loads as `None`, so that callers can answer exactly as if
-//!   it did not exist and tenants learn nothing about each other's data.
+//! - [`load`] / [`load_until`] read a tenant's stream forward page by page, upcast each event
+//!   through [`DomainEvent::from_stored`] and fold it with [`Aggregate::evolve`]. Stream ids are
+//!   scoped to the tenant, so another tenant's stream of the same id is simply not there; a
+//!   stream of the tenant holding another aggregate type loads as `None`.
 //! - [`execute`] is load, decide, append with the right expected version, costing as few round
 //!   trips as the command allows:
 //!
@@ -11,7 +11,7 @@
 //! |---|---|
 //! | create (empty state, no client version) | 1: append with `NoStream` |
 //! | on an existing aggregate | 2: load, append with `Exact(loaded)` |
-//! | refused (domain, client version, other tenant), or nothing to append | +1: the command log |
+//! | refused (domain, client version, other aggregate type), or nothing to append | +1: the command log |
 //! | create whose stream exists, or refused on the empty state | +1: load, then decided on what is there |
 //!
 //! Retries ride on the append: the store answers a known command id (same fingerprint: the
@@ -79,8 +79,9 @@ pub fn fold<A: Aggregate>(
     })
 }
 
-/// Loads `A`'s whole stream for `tenant`; `None` when it belongs to another tenant or aggregate
-/// type. A stream that does not exist loads as the empty state at version 0.
+/// Loads `A`'s whole stream of `tenant`; `None` when the tenant's stream holds another aggregate
+/// type. A stream the tenant does not have (whatever other tenants have) loads as the empty
+/// state at version 0.
 pub async fn load<A: Aggregate>(
     store: &EventStore,
     tenant: &str,
@@ -101,11 +102,17 @@ pub async fn load_until<A: Aggregate>(
     let mut loaded = Loaded::default();
     loop {
         let page = store
-            .read_stream(stream, loaded.version + 1, Direction::Forward, LOAD_PAGE)
+            .read_stream(
+                tenant,
+                stream,
+                loaded.version + 1,
+                Direction::Forward,
+                LOAD_PAGE,
+            )
             .await?;
         let last_page = page.len() < LOAD_PAGE as usize;
         for event in &page {
-            if event.stream_type != A::STREAM_TYPE || event.tenant_id != tenant {
+            if event.stream_type != A::STREAM_TYPE {
                 return Ok(None);
             }
             if !include(event) {
@@ -178,9 +185,9 @@ pub struct Executed {
 pub enum Refusal {
     /// The aggregate's rules refused the command.
     Domain(DomainError),
-    /// The stream exists but belongs to another tenant or aggregate type: answer as "not found"
-    /// (or "already exists" for a create), never with anything about it.
-    Foreign,
+    /// The tenant's stream exists but holds another aggregate type: answer as "not found" (or
+    /// "already exists" for a create).
+    OtherType,
     /// The caller based its command on another version than the current one.
     VersionMismatch {
         /// What the caller expected (0: no stream).
@@ -238,10 +245,11 @@ where
                             appended: Some(appended),
                         }));
                     }
-                    // The stream exists (ours, or another tenant's or type's): decide again on
+                    // The tenant's stream exists (of this type or another): decide again on
                     // what is there, as any command would.
                     Err(
-                        StoreError::WrongExpectedVersion { .. } | StoreError::ForeignStream { .. },
+                        StoreError::WrongExpectedVersion { .. }
+                        | StoreError::StreamTypeMismatch { .. },
                     ) => command,
                     Err(other) => return Err(other),
                 }
@@ -253,7 +261,7 @@ where
     };
 
     let Some(loaded) = load::<A>(store, &batch.metadata.tenant, stream).await? else {
-        return refused(store, &batch, Refusal::Foreign).await;
+        return refused(store, &batch, Refusal::OtherType).await;
     };
     if let Some(expected) = expected
         && expected != loaded.version
@@ -324,8 +332,16 @@ pub async fn earlier_result(
         return Ok(None);
     };
     match batch.fingerprint {
-        Some(fingerprint) => store.command_result_matching(command_id, fingerprint).await,
-        None => store.command_result(command_id).await,
+        Some(fingerprint) => {
+            store
+                .command_result_matching(&batch.metadata.tenant, command_id, fingerprint)
+                .await
+        }
+        None => {
+            store
+                .command_result(&batch.metadata.tenant, command_id)
+                .await
+        }
     }
 }
 
@@ -436,8 +452,9 @@ mod tests {
         }
         let invalid = run(&store, "acme", &stream, Target::Create, late, (third, 5)).await;
         assert!(matches!(invalid, Err(Refusal::Domain(e)) if e.code() == "task.already_exists"));
-        // Another tenant learns nothing: the stream is foreign to it, whatever the command.
-        let foreign = run(
+        // Ids are scoped to the tenant: the same id is free in another tenant, which creates its
+        // own task at version 1 (nothing about acme's task shows).
+        let other = run(
             &store,
             "globex",
             &stream,
@@ -445,8 +462,11 @@ mod tests {
             create(id),
             (third, 3),
         )
-        .await;
-        assert_eq!(foreign, Err(Refusal::Foreign));
+        .await
+        .unwrap();
+        let other = other.appended.unwrap();
+        assert!(!other.replayed);
+        assert_eq!(other.streams[0].version, 1);
 
         // A command on the aggregate: load + append at the loaded version.
         let done = run(
@@ -501,12 +521,11 @@ mod tests {
             .unwrap();
         assert_eq!(first_only.version, 1);
         assert_ne!(first_only.state, loaded.state);
-        assert!(
-            load::<Task>(&store, "globex", &stream)
-                .await
-                .unwrap()
-                .is_none()
-        );
+        let theirs = load::<Task>(&store, "globex", &stream)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(theirs.version, 1);
     }
 
     #[sqlx::test(migrator = "crate::MIGRATOR")]

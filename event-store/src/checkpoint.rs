@@ -450,7 +450,8 @@ impl EventStore {
         );
         let mut rec = Recomputed::default();
         let mut stored = StoredLeaves::default();
-        let mut links: HashMap<String, StreamLink> = HashMap::new();
+        // Streams are (tenant, stream id): ids are unique per tenant only.
+        let mut links: HashMap<(String, String), StreamLink> = HashMap::new();
         let mut streams_broken = Vec::new();
         let mut after = i64::MIN;
         loop {
@@ -463,11 +464,13 @@ impl EventStore {
             let first_index = rec.count();
             for row in &rows {
                 let event = decode_event(row)?;
-                let link = links.entry(event.stream_id.clone()).or_insert(StreamLink {
-                    next_version: 1,
-                    prev: GENESIS,
-                    failed: false,
-                });
+                let link = links
+                    .entry((event.tenant_id.clone(), event.stream_id.clone()))
+                    .or_insert(StreamLink {
+                        next_version: 1,
+                        prev: GENESIS,
+                        failed: false,
+                    });
                 let kind = if event.stream_version != link.next_version {
                     Some(TamperKind::MissingVersions {
                         expected: link.next_version,
@@ -480,6 +483,7 @@ impl EventStore {
                 if let (Some(kind), false) = (kind, link.failed) {
                     link.failed = true;
                     streams_broken.push(Tampering {
+                        tenant_id: event.tenant_id.clone(),
                         stream_id: event.stream_id.clone(),
                         global_position: Some(event.global_position),
                         stream_version: Some(event.stream_version),

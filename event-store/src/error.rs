@@ -35,9 +35,11 @@ pub enum StoreError {
         command_id: Uuid,
     },
 
-    /// The stream exists under another tenant or stream type; nothing was written.
-    #[error("stream {stream_id} belongs to another tenant or stream type")]
-    ForeignStream {
+    /// The tenant's stream exists and holds another stream type (e.g. a task's id names a
+    /// problem of the same tenant); nothing was written. Streams of other tenants never cause
+    /// this: stream ids are scoped to the tenant.
+    #[error("stream {stream_id} holds another stream type")]
+    StreamTypeMismatch {
         /// The stream.
         stream_id: String,
     },
@@ -148,7 +150,7 @@ impl From<sqlx::Error> for StoreError {
             Some("ANC01") => Self::CommandIdReused {
                 command_id: Uuid::nil(),
             },
-            Some("ANS01") => Self::ForeignStream {
+            Some("ANS01") => Self::StreamTypeMismatch {
                 stream_id: String::new(),
             },
             Some("ANR01") => Self::PositionsBehind,

@@ -53,7 +53,8 @@ pub(crate) fn fingerprint(
 ) -> [u8; 32] {
     let mut h = Sha256::new();
     // v2: the tenant and the metadata (actor, correlation, causation, client) are part of "the
-    // same request", so a command id reused by another tenant or actor is refused, not replayed.
+    // same request", so a command id reused by another actor is refused, not replayed. (Command
+    // ids are also scoped to the tenant: another tenant's id is a different command.)
     h.update(b"annals.request.v2");
     put_str(&mut h, &batch.metadata.tenant);
     put_str(&mut h, metadata);

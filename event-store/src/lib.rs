@@ -9,8 +9,13 @@
 //! - **Group commit.** Concurrent appends share transactions: one call of the SQL function
 //!   `annals_append_group` (one round trip, one commit) carries every append that queued while
 //!   the previous group committed, and each keeps its own outcome (see [`writer`]).
-//! - **The store checks on its own.** An existing stream of another tenant or stream type is
-//!   refused ([`StoreError::ForeignStream`]); `recorded_at` is read after the stream locks, so it
+//! - **Tenant-scoped ids.** A stream is named by (tenant, stream id) and a command id is unique
+//!   per tenant: every read ([`EventStore::read_stream`], [`EventStore::stream_head`],
+//!   [`EventStore::verify_stream`], [`EventStore::command_result`]) takes the tenant, and the
+//!   same id used by two tenants is two independent streams (own versions, own hash chains) or
+//!   two independent commands. No outcome depends on another tenant's data.
+//! - **The store checks on its own.** An existing stream of the tenant holding another stream
+//!   type is refused ([`StoreError::StreamTypeMismatch`]); `recorded_at` is read after the stream locks, so it
 //!   never goes backwards within a stream; an append refuses to run after a write of its
 //!   transaction or outside READ COMMITTED ([`StoreError::WrongTransaction`]).
 //! - **Idempotency.** A batch made [`AppendBatch::idempotent`] under a command id is recorded in

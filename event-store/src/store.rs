@@ -32,7 +32,7 @@ const LOGGED_COMMAND: &str = "\
                FROM events ev
               WHERE ev.global_position >= cl.first_position
                 AND ev.global_position < cl.first_position + cl.event_count))
-      FROM command_log cl WHERE cl.command_id = $1";
+      FROM command_log cl WHERE cl.tenant_id = $1 AND cl.command_id = $2";
 
 const REBASE_POSITIONS: &str =
     "SELECT epoch, xid_offset, floor_position FROM annals_rebase_positions()";
@@ -98,8 +98,10 @@ impl EventStore {
     /// Concurrent appends share transactions (group commit, see [`crate::writer`]); each keeps
     /// its own outcome. With a command id, a retry with the same request returns the original
     /// result (with `replayed = true`) and appends nothing; a different request under the same
-    /// id fails with [`StoreError::CommandIdReused`]. An existing stream of another tenant or
-    /// stream type fails with [`StoreError::ForeignStream`].
+    /// id fails with [`StoreError::CommandIdReused`]. Stream ids and command ids are scoped to
+    /// the batch's tenant: another tenant's stream or command id of the same spelling is another
+    /// thing and never affects the outcome. An existing stream of the tenant holding another
+    /// stream type fails with [`StoreError::StreamTypeMismatch`].
     #[instrument(name = "event_store.append", skip_all, fields(
         streams = batch.streams.len(),
         events = tracing::field::Empty,
@@ -119,7 +121,7 @@ impl EventStore {
             Err(
                 StoreError::CommandIdReused { .. }
                 | StoreError::DuplicateEventId
-                | StoreError::ForeignStream { .. },
+                | StoreError::StreamTypeMismatch { .. },
             ) => "refused",
             Err(_) => "error",
         };
@@ -150,14 +152,16 @@ impl EventStore {
         })
     }
 
-    /// The stored result of a command that already appended, if any. Command handlers check
-    /// this before deciding, so that a retry is answered even when deciding again would now be
-    /// refused (e.g. a create whose aggregate exists since the first attempt).
+    /// The stored result of `tenant`'s command that already appended, if any. Command handlers
+    /// check this before deciding, so that a retry is answered even when deciding again would
+    /// now be refused (e.g. a create whose aggregate exists since the first attempt). Command
+    /// ids are scoped to the tenant: another tenant's command of the same id is not seen.
     pub async fn command_result(
         &self,
+        tenant: &str,
         command_id: Uuid,
     ) -> Result<Option<AppendResult>, StoreError> {
-        self.logged_command(command_id, None).await
+        self.logged_command(tenant, command_id, None).await
     }
 
     /// Like [`EventStore::command_result`], but also checks the request: a command id stored
@@ -165,18 +169,22 @@ impl EventStore {
     /// refuse a reused id before deciding, exactly as the append itself would.
     pub async fn command_result_matching(
         &self,
+        tenant: &str,
         command_id: Uuid,
         fingerprint: [u8; 32],
     ) -> Result<Option<AppendResult>, StoreError> {
-        self.logged_command(command_id, Some(fingerprint)).await
+        self.logged_command(tenant, command_id, Some(fingerprint))
+            .await
     }
 
     async fn logged_command(
         &self,
+        tenant: &str,
         command_id: Uuid,
         fingerprint: Option<[u8; 32]>,
     ) -> Result<Option<AppendResult>, StoreError> {
         let row = sqlx::query_as::<_, (Vec<u8>, String)>(LOGGED_COMMAND)
+            .bind(tenant)
             .bind(command_id)
             .fetch_optional(&self.pool)
             .await?;
@@ -189,10 +197,12 @@ impl EventStore {
         }
     }
 
-    /// Reads up to `limit` events of a stream starting at version `from` (inclusive), forward
-    /// (ascending) or backward (descending).
+    /// Reads up to `limit` events of `tenant`'s stream starting at version `from` (inclusive),
+    /// forward (ascending) or backward (descending). Stream ids are unique per tenant: another
+    /// tenant's stream of the same id is never read.
     pub async fn read_stream(
         &self,
+        tenant: &str,
         stream_id: &StreamId,
         from: u64,
         direction: Direction,
@@ -203,17 +213,18 @@ impl EventStore {
             Direction::Forward => concat!(
                 "SELECT ",
                 event_columns!(),
-                " FROM events WHERE stream_id = $1 AND stream_version >= $2 \
-                 ORDER BY stream_version LIMIT $3"
+                " FROM events WHERE tenant_id = $1 AND stream_id = $2 AND stream_version >= $3 \
+                 ORDER BY stream_version LIMIT $4"
             ),
             Direction::Backward => concat!(
                 "SELECT ",
                 event_columns!(),
-                " FROM events WHERE stream_id = $1 AND stream_version <= $2 \
-                 ORDER BY stream_version DESC LIMIT $3"
+                " FROM events WHERE tenant_id = $1 AND stream_id = $2 AND stream_version <= $3 \
+                 ORDER BY stream_version DESC LIMIT $4"
             ),
         };
         let rows = sqlx::query(sql)
+            .bind(tenant)
             .bind(stream_id.as_str())
             .bind(from)
             .bind(i64::from(limit))
@@ -222,15 +233,17 @@ impl EventStore {
         rows.iter().map(decode_event).collect()
     }
 
-    /// The current head of a stream, `None` if it does not exist.
+    /// The current head of `tenant`'s stream, `None` if the tenant has no such stream.
     pub async fn stream_head(
         &self,
+        tenant: &str,
         stream_id: &StreamId,
     ) -> Result<Option<StreamHead>, StoreError> {
         let row = sqlx::query(
             "SELECT stream_id, stream_type, tenant_id, version, last_hash FROM streams \
-             WHERE stream_id = $1",
+             WHERE tenant_id = $1 AND stream_id = $2",
         )
+        .bind(tenant)
         .bind(stream_id.as_str())
         .fetch_optional(&self.pool)
         .await?;

@@ -39,7 +39,9 @@ pub enum TamperKind {
 /// The first problem found in one stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Tampering {
-    /// The stream.
+    /// The tenant owning the stream.
+    pub tenant_id: String,
+    /// The stream (unique within its tenant).
     pub stream_id: String,
     /// Global position of the first bad event, when there is one to name.
     pub global_position: Option<Position>,
@@ -56,7 +58,7 @@ pub struct VerifyReport {
     pub events_checked: u64,
     /// Streams whose chain was walked.
     pub streams_checked: u64,
-    /// One entry per broken stream (its first problem), in stream id order.
+    /// One entry per broken stream (its first problem), in (tenant, stream id) order.
     pub tampered: Vec<Tampering>,
 }
 
@@ -76,6 +78,7 @@ impl VerifyReport {
 
 /// Walks one stream's events in version order.
 struct ChainWalk {
+    tenant_id: String,
     stream_id: String,
     next_version: u64,
     prev: [u8; 32],
@@ -83,8 +86,9 @@ struct ChainWalk {
 }
 
 impl ChainWalk {
-    fn new(stream_id: &str) -> Self {
+    fn new(tenant_id: &str, stream_id: &str) -> Self {
         Self {
+            tenant_id: tenant_id.to_owned(),
             stream_id: stream_id.to_owned(),
             next_version: 1,
             prev: GENESIS,
@@ -95,6 +99,7 @@ impl ChainWalk {
     fn fail(&mut self, event: &RecordedEvent, kind: TamperKind) {
         if self.failure.is_none() {
             self.failure = Some(Tampering {
+                tenant_id: self.tenant_id.clone(),
                 stream_id: self.stream_id.clone(),
                 global_position: Some(event.global_position),
                 stream_version: Some(event.stream_version),
@@ -123,6 +128,7 @@ impl ChainWalk {
         let last_version = self.next_version - 1;
         match head {
             None => self.failure.get_or_insert(Tampering {
+                tenant_id: self.tenant_id.clone(),
                 stream_id: self.stream_id.clone(),
                 global_position: None,
                 stream_version: None,
@@ -130,6 +136,7 @@ impl ChainWalk {
             }),
             Some(h) if h.version != last_version || h.last_hash != self.prev => {
                 self.failure.get_or_insert(Tampering {
+                    tenant_id: self.tenant_id.clone(),
                     stream_id: self.stream_id.clone(),
                     global_position: None,
                     stream_version: Some(last_version + 1),
@@ -147,32 +154,37 @@ impl ChainWalk {
 
 const PAGE: i64 = 2_000;
 
+/// Heads of a page's streams, by (tenant, stream).
+type Heads = HashMap<(String, String), StreamHead>;
+
 impl EventStore {
-    /// Verifies one stream's chain and head.
-    pub async fn verify_stream(&self, stream_id: &StreamId) -> Result<VerifyReport, StoreError> {
-        self.verify_range(Some(stream_id.as_str()), Some(stream_id.as_str()))
+    /// Verifies one stream of `tenant`: its chain and head.
+    pub async fn verify_stream(
+        &self,
+        tenant: &str,
+        stream_id: &StreamId,
+    ) -> Result<VerifyReport, StoreError> {
+        self.verify_streams(Some((tenant, stream_id.as_str())))
             .await
     }
 
-    /// Verifies every stream: each event's hash, contiguous versions, and each stream head.
+    /// Verifies every stream of every tenant: each event's hash, contiguous versions, and each
+    /// stream head.
     pub async fn verify_all(&self) -> Result<VerifyReport, StoreError> {
-        self.verify_range(None, None).await
+        self.verify_streams(None).await
     }
 
-    /// Verifies streams whose ids lie in `[first, last]` (unbounded where `None`), paging through
-    /// events in (stream, version) order so memory stays flat however large the store is.
-    async fn verify_range(
-        &self,
-        first: Option<&str>,
-        last: Option<&str>,
-    ) -> Result<VerifyReport, StoreError> {
+    /// Verifies one (tenant, stream) or all of them, paging through events in (tenant, stream,
+    /// version) order so memory stays flat however large the store is.
+    async fn verify_streams(&self, only: Option<(&str, &str)>) -> Result<VerifyReport, StoreError> {
         const EVENTS: &str = concat!(
             "SELECT ",
             event_columns!(),
-            " FROM events WHERE (stream_id, stream_version) > ($1, $2) \
-               AND ($3::text IS NULL OR stream_id <= $3) \
-             ORDER BY stream_id, stream_version LIMIT $4"
+            " FROM events WHERE (tenant_id, stream_id, stream_version) > ($1, $2, $3) \
+               AND ($4::text IS NULL OR (tenant_id = $4 AND stream_id = $5)) \
+             ORDER BY tenant_id, stream_id, stream_version LIMIT $6"
         );
+        let (only_tenant, only_stream) = only.unzip();
         // One snapshot for events and heads: read apart, an append committing in between made
         // a healthy stream look truncated.
         let mut tx = self.pool().begin().await?;
@@ -180,13 +192,17 @@ impl EventStore {
             .execute(&mut *tx)
             .await?;
         let mut report = VerifyReport::default();
-        let mut cursor = (first.map_or(String::new(), |f| f.to_owned()), 0_i64);
+        let mut cursor = only.map_or((String::new(), String::new(), 0_i64), |(t, s)| {
+            (t.to_owned(), s.to_owned(), 0)
+        });
         let mut walk: Option<ChainWalk> = None;
         loop {
             let rows = sqlx::query(EVENTS)
                 .bind(&cursor.0)
-                .bind(cursor.1)
-                .bind(last)
+                .bind(&cursor.1)
+                .bind(cursor.2)
+                .bind(only_tenant)
+                .bind(only_stream)
                 .bind(PAGE)
                 .fetch_all(&mut *tx)
                 .await?;
@@ -196,11 +212,13 @@ impl EventStore {
                 .collect::<Result<Vec<_>, _>>()?;
             let heads = heads_of(&mut tx, &events).await?;
             for event in &events {
-                if walk.as_ref().is_none_or(|w| w.stream_id != event.stream_id) {
+                if walk.as_ref().is_none_or(|w| {
+                    w.stream_id != event.stream_id || w.tenant_id != event.tenant_id
+                }) {
                     if let Some(done) = walk.take() {
                         finish_walk(&mut tx, done, &heads, &mut report).await?;
                     }
-                    walk = Some(ChainWalk::new(&event.stream_id));
+                    walk = Some(ChainWalk::new(&event.tenant_id, &event.stream_id));
                 }
                 if let Some(w) = walk.as_mut() {
                     w.step(event);
@@ -209,7 +227,11 @@ impl EventStore {
             }
             match events.last() {
                 Some(e) if events.len() as i64 == PAGE => {
-                    cursor = (e.stream_id.clone(), e.stream_version as i64);
+                    cursor = (
+                        e.tenant_id.clone(),
+                        e.stream_id.clone(),
+                        e.stream_version as i64,
+                    );
                 }
                 _ => break,
             }
@@ -221,68 +243,75 @@ impl EventStore {
 
         // Heads whose events are all gone.
         let orphans = sqlx::query(
-            "SELECT stream_id FROM streams s \
-              WHERE ($1::text IS NULL OR stream_id >= $1) AND ($2::text IS NULL OR stream_id <= $2) \
-                AND NOT EXISTS (SELECT 1 FROM events e WHERE e.stream_id = s.stream_id) \
-              ORDER BY stream_id",
+            "SELECT tenant_id, stream_id FROM streams s \
+              WHERE ($1::text IS NULL OR (tenant_id = $1 AND stream_id = $2)) \
+                AND NOT EXISTS (SELECT 1 FROM events e \
+                                 WHERE e.tenant_id = s.tenant_id AND e.stream_id = s.stream_id) \
+              ORDER BY tenant_id, stream_id",
         )
-        .bind(first)
-        .bind(last)
+        .bind(only_tenant)
+        .bind(only_stream)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
         for row in orphans {
             report.streams_checked += 1;
             report.tampered.push(Tampering {
+                tenant_id: row.try_get("tenant_id")?,
                 stream_id: row.try_get("stream_id")?,
                 global_position: None,
                 stream_version: Some(1),
                 kind: TamperKind::StreamWithoutEvents,
             });
         }
-        report
-            .tampered
-            .sort_by(|a, b| a.stream_id.cmp(&b.stream_id));
+        report.tampered.sort_by(|a, b| {
+            (a.tenant_id.as_str(), a.stream_id.as_str())
+                .cmp(&(b.tenant_id.as_str(), b.stream_id.as_str()))
+        });
         Ok(report)
     }
 }
 
-async fn heads_of(
-    conn: &mut PgConnection,
-    events: &[RecordedEvent],
-) -> Result<HashMap<String, StreamHead>, StoreError> {
-    let mut ids: Vec<&str> = events.iter().map(|e| e.stream_id.as_str()).collect();
-    ids.dedup();
-    let rows = sqlx::query(
-        "SELECT stream_id, stream_type, tenant_id, version, last_hash FROM streams \
-             WHERE stream_id = ANY($1)",
-    )
-    .bind(&ids)
-    .fetch_all(&mut *conn)
-    .await?;
+async fn heads_of(conn: &mut PgConnection, events: &[RecordedEvent]) -> Result<Heads, StoreError> {
+    let mut keys: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e.tenant_id.as_str(), e.stream_id.as_str()))
+        .collect();
+    keys.dedup();
+    let (tenants, ids): (Vec<&str>, Vec<&str>) = keys.into_iter().unzip();
+    let rows = sqlx::query(HEADS_OF)
+        .bind(&tenants)
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await?;
     rows.iter()
-        .map(|r| decode_head(r).map(|h| (h.stream_id.clone(), h)))
+        .map(|r| decode_head(r).map(|h| ((h.tenant_id.clone(), h.stream_id.clone()), h)))
         .collect()
 }
 
-/// Closes a stream's walk against its head (fetched on demand when the stream spans pages).
+/// Stream heads of (tenant, stream) pairs.
+const HEADS_OF: &str = "SELECT st.stream_id, st.stream_type, st.tenant_id, st.version, st.last_hash \
+       FROM unnest($1::text[], $2::text[]) AS k(tenant_id, stream_id) \
+       JOIN streams st ON st.tenant_id = k.tenant_id AND st.stream_id = k.stream_id";
+
+/// Closes a stream's walk against its head (fetched on demand when the stream spans pages),
+/// within the verification's snapshot.
 async fn finish_walk(
     conn: &mut PgConnection,
     walk: ChainWalk,
-    heads: &HashMap<String, StreamHead>,
+    heads: &Heads,
     report: &mut VerifyReport,
 ) -> Result<(), StoreError> {
-    let head = match heads.get(&walk.stream_id) {
+    let key = (walk.tenant_id.clone(), walk.stream_id.clone());
+    let head = match heads.get(&key) {
         Some(h) => Some(h.clone()),
-        None => sqlx::query(
-            "SELECT stream_id, stream_type, tenant_id, version, last_hash FROM streams \
-                 WHERE stream_id = $1",
-        )
-        .bind(&walk.stream_id)
-        .fetch_optional(&mut *conn)
-        .await?
-        .map(|r| decode_head(&r))
-        .transpose()?,
+        None => sqlx::query(HEADS_OF)
+            .bind([walk.tenant_id.as_str()])
+            .bind([walk.stream_id.as_str()])
+            .fetch_optional(&mut *conn)
+            .await?
+            .map(|r| decode_head(&r))
+            .transpose()?,
     };
     report.streams_checked += 1;
     if let Some(t) = walk.finish(head.as_ref()) {

@@ -19,6 +19,13 @@ use crate::verify::{TamperKind, Tampering, VerifyReport};
 
 const PAGE: i64 = 2_000;
 
+/// A stream: ids are unique per tenant.
+type StreamKey = (String, String);
+
+fn key_of(event: &RecordedEvent) -> StreamKey {
+    (event.tenant_id.clone(), event.stream_id.clone())
+}
+
 /// Per-stream progress through the range.
 struct Link {
     next_version: u64,
@@ -45,16 +52,18 @@ impl EventStore {
              ORDER BY global_position LIMIT $4"
         );
         // Predecessors of the first event of each newly seen stream, in one round trip.
-        const PREDECESSORS: &str = "SELECT e.stream_id, e.hash FROM events e \
-             JOIN unnest($1::text[], $2::bigint[]) AS p(stream_id, stream_version) \
-               ON e.stream_id = p.stream_id AND e.stream_version = p.stream_version";
+        const PREDECESSORS: &str = "SELECT e.tenant_id, e.stream_id, e.hash FROM events e \
+             JOIN unnest($1::text[], $2::text[], $3::bigint[]) \
+                  AS p(tenant_id, stream_id, stream_version) \
+               ON e.tenant_id = p.tenant_id AND e.stream_id = p.stream_id \
+              AND e.stream_version = p.stream_version";
         // One snapshot for the whole range (and the predecessors read on the way).
         let mut tx = self.pool().begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *tx)
             .await?;
         let mut report = VerifyReport::default();
-        let mut links: HashMap<String, Link> = HashMap::new();
+        let mut links: HashMap<StreamKey, Link> = HashMap::new();
         let mut after = from.0.saturating_sub(1);
         loop {
             let rows = sqlx::query(EVENTS)
@@ -71,7 +80,7 @@ impl EventStore {
             link_new_streams(&mut tx, &events, &mut links, PREDECESSORS).await?;
             for event in &events {
                 report.events_checked += 1;
-                let Some(link) = links.get_mut(&event.stream_id) else {
+                let Some(link) = links.get_mut(&key_of(event)) else {
                     continue;
                 };
                 let kind = if event.stream_version != link.next_version {
@@ -86,6 +95,7 @@ impl EventStore {
                 if let (Some(kind), false) = (kind, link.failed) {
                     link.failed = true;
                     report.tampered.push(Tampering {
+                        tenant_id: event.tenant_id.clone(),
                         stream_id: event.stream_id.clone(),
                         global_position: Some(event.global_position),
                         stream_version: Some(event.stream_version),
@@ -104,9 +114,10 @@ impl EventStore {
         }
         tx.commit().await?;
         report.streams_checked = links.len() as u64;
-        report
-            .tampered
-            .sort_by(|a, b| a.stream_id.cmp(&b.stream_id));
+        report.tampered.sort_by(|a, b| {
+            (a.tenant_id.as_str(), a.stream_id.as_str())
+                .cmp(&(b.tenant_id.as_str(), b.stream_id.as_str()))
+        });
         Ok(report)
     }
 }
@@ -114,17 +125,18 @@ impl EventStore {
 async fn link_new_streams(
     conn: &mut PgConnection,
     events: &[RecordedEvent],
-    links: &mut HashMap<String, Link>,
+    links: &mut HashMap<StreamKey, Link>,
     predecessors: &str,
 ) -> Result<(), StoreError> {
-    let mut ids = Vec::new();
+    let mut keys = Vec::new();
     let mut versions = Vec::new();
     for event in events {
-        if links.contains_key(&event.stream_id) {
+        let key = key_of(event);
+        if links.contains_key(&key) {
             continue;
         }
         links.insert(
-            event.stream_id.clone(),
+            key.clone(),
             Link {
                 next_version: event.stream_version,
                 prev: GENESIS,
@@ -132,29 +144,32 @@ async fn link_new_streams(
             },
         );
         if event.stream_version > 1 {
-            ids.push(event.stream_id.clone());
+            keys.push(key);
             versions.push(i64::try_from(event.stream_version - 1).unwrap_or(i64::MAX));
         }
     }
-    if ids.is_empty() {
+    if keys.is_empty() {
         return Ok(());
     }
+    let (tenants, ids): (Vec<&str>, Vec<&str>) =
+        keys.iter().map(|(t, s)| (t.as_str(), s.as_str())).unzip();
     let rows = sqlx::query(predecessors)
+        .bind(&tenants)
         .bind(&ids)
         .bind(&versions)
         .fetch_all(&mut *conn)
         .await?;
-    let mut found: HashMap<String, [u8; 32]> = HashMap::with_capacity(rows.len());
+    let mut found: HashMap<StreamKey, [u8; 32]> = HashMap::with_capacity(rows.len());
     for row in rows {
         let hash: Vec<u8> = row.try_get("hash")?;
         let hash: [u8; 32] = hash
             .try_into()
             .map_err(|_| StoreError::Corrupt("hash is not 32 bytes".into()))?;
-        found.insert(row.try_get("stream_id")?, hash);
+        found.insert((row.try_get("tenant_id")?, row.try_get("stream_id")?), hash);
     }
-    for id in ids {
-        if let Some(link) = links.get_mut(&id) {
-            match found.get(&id) {
+    for key in keys {
+        if let Some(link) = links.get_mut(&key) {
+            match found.get(&key) {
                 Some(hash) => link.prev = *hash,
                 // The predecessor is gone: expecting it makes the first event in range
                 // report exactly that version as missing.

@@ -11,7 +11,7 @@
 //!
 //! **Each append keeps its own outcome.** The SQL function decides the items in queue order
 //! against in-memory stream heads and writes only the accepted ones, so a version conflict, a
-//! replayed or reused command id, or a foreign stream in a group refuses that item alone, with
+//! replayed or reused command id, or a stream of another type in a group refuses that item alone, with
 //! no subtransaction per item (past 64 subtransactions a snapshot's subxid cache overflows and
 //! every reader of the cluster slows down). Should the group statement itself fail with an
 //! error the server reported (the transaction was rolled back, e.g. a unique violation from a
@@ -390,7 +390,9 @@ impl<'a> GroupArgs<'a> {
             ev_schema_versions: Vec::with_capacity(events),
             ev_payloads: Vec::with_capacity(events),
         };
-        let mut slots: HashMap<&str, i32> = HashMap::with_capacity(entries);
+        // A slot is one (tenant, stream): stream ids are unique per tenant, so two tenants'
+        // streams of one id are two slots (the SQL function checks this).
+        let mut slots: HashMap<(&str, &str), i32> = HashMap::with_capacity(entries);
         for (index, p) in items.iter().enumerate() {
             // Bounded by `max_items`, so the 1-based SQL index fits.
             let item = i32::try_from(index + 1).unwrap_or(i32::MAX);
@@ -401,10 +403,12 @@ impl<'a> GroupArgs<'a> {
             args.it_metadata.push(&p.metadata);
             for (s, stream) in p.stream_ids.iter().enumerate() {
                 let next = i32::try_from(slots.len() + 1).unwrap_or(i32::MAX);
-                let slot = *slots.entry(stream.as_str()).or_insert_with(|| {
-                    args.slot_stream.push(stream);
-                    next
-                });
+                let slot = *slots
+                    .entry((p.tenant.as_str(), stream.as_str()))
+                    .or_insert_with(|| {
+                        args.slot_stream.push(stream);
+                        next
+                    });
                 args.en_item.push(item);
                 args.en_slot.push(slot);
                 args.en_type.push(&p.stream_types[s]);
@@ -490,7 +494,7 @@ struct Conflict {
 }
 
 #[derive(Deserialize)]
-struct Foreign {
+struct OtherType {
     stream_id: String,
 }
 
@@ -558,8 +562,8 @@ fn decode(item: &Prepared, row: &PgRow) -> Result<Result<AppendResult, StoreErro
             command_id: item.command_id.unwrap_or_default(),
         }),
         4 => {
-            let f: Foreign = serde_json::from_str(detail).map_err(corrupt)?;
-            Err(StoreError::ForeignStream {
+            let f: OtherType = serde_json::from_str(detail).map_err(corrupt)?;
+            Err(StoreError::StreamTypeMismatch {
                 stream_id: f.stream_id,
             })
         }

@@ -132,7 +132,12 @@ async fn retried_command_id_appends_nothing_and_returns_first_result(pool: PgPoo
     assert_eq!(again.recorded_at, first.recorded_at);
     assert_eq!(count(&pool).await, 2);
     assert_eq!(
-        store.command_result(command).await.unwrap().unwrap().events,
+        store
+            .command_result("tenant-a", command)
+            .await
+            .unwrap()
+            .unwrap()
+            .events,
         first.events
     );
 
@@ -185,7 +190,13 @@ async fn multi_stream_conflict_writes_nothing(pool: PgPool) {
         matches!(err, StoreError::WrongExpectedVersion { ref stream_id, .. } if stream_id == "b")
     );
     assert_eq!(count(&pool).await, before);
-    assert!(store.stream_head(&sid("a")).await.unwrap().is_none());
+    assert!(
+        store
+            .stream_head("tenant-a", &sid("a"))
+            .await
+            .unwrap()
+            .is_none()
+    );
     let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM command_log")
         .fetch_one(&pool)
         .await
@@ -291,7 +302,7 @@ async fn envelope_and_stream_reads(pool: PgPool) {
         .unwrap();
 
     let forward = store
-        .read_stream(&sid("task-1"), 2, Direction::Forward, 2)
+        .read_stream("tenant-a", &sid("task-1"), 2, Direction::Forward, 2)
         .await
         .unwrap();
     assert_eq!(
@@ -299,7 +310,7 @@ async fn envelope_and_stream_reads(pool: PgPool) {
         vec![2, 3]
     );
     let backward = store
-        .read_stream(&sid("task-1"), 4, Direction::Backward, 10)
+        .read_stream("tenant-a", &sid("task-1"), 4, Direction::Backward, 10)
         .await
         .unwrap();
     assert_eq!(
@@ -328,10 +339,14 @@ async fn envelope_and_stream_reads(pool: PgPool) {
         }
     );
 
-    let head = store.stream_head(&sid("task-1")).await.unwrap().unwrap();
+    let head = store
+        .stream_head("tenant-a", &sid("task-1"))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(head.version, 5);
     let newest = store
-        .read_stream(&sid("task-1"), u64::MAX, Direction::Backward, 1)
+        .read_stream("tenant-a", &sid("task-1"), u64::MAX, Direction::Backward, 1)
         .await
         .unwrap();
     assert_eq!(
@@ -521,9 +536,18 @@ async fn hash_chain_verifies_and_names_tampered_events(pool: PgPool) {
         "lowest position first"
     );
 
-    let single = store.verify_stream(&sid("bravo")).await.unwrap();
+    let single = store
+        .verify_stream("tenant-a", &sid("bravo"))
+        .await
+        .unwrap();
     assert_eq!(single.tampered, vec![bravo]);
-    assert!(store.verify_stream(&sid("echo")).await.unwrap().is_intact());
+    assert!(
+        store
+            .verify_stream("tenant-a", &sid("echo"))
+            .await
+            .unwrap()
+            .is_intact()
+    );
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]

@@ -62,14 +62,14 @@ async fn read_settled(store: &EventStore, after: Position, limit: u32) -> event_
     }
 }
 
-/// Holds the advisory lock an append takes on `stream` from its own connection, so that a
+/// Holds the advisory lock an append takes on tenant-a's `stream` from its own connection, so that a
 /// group appending to it waits until [`release`] while later appends queue behind it.
 async fn hold_stream_lock(
     pool: &PgPool,
     stream: &str,
 ) -> sqlx::pool::PoolConnection<sqlx::Postgres> {
     let mut conn = pool.acquire().await.unwrap();
-    sqlx::query("SELECT pg_advisory_lock(hashtextextended('annals.stream:' || $1, 0))")
+    sqlx::query("SELECT pg_advisory_lock(annals_stream_lock_key('tenant-a', $1))")
         .bind(stream)
         .execute(&mut *conn)
         .await
@@ -97,8 +97,8 @@ async fn lock_waiters(pool: &PgPool) -> i64 {
 /// Every stream's versions are 1..=n with no gap, and its head agrees.
 async fn assert_streams_contiguous(pool: &PgPool) {
     let bad: Vec<String> = sqlx::query_scalar(
-        "SELECT e.stream_id FROM events e JOIN streams s USING (stream_id) \
-         GROUP BY e.stream_id, s.version \
+        "SELECT e.stream_id FROM events e JOIN streams s USING (tenant_id, stream_id) \
+         GROUP BY e.tenant_id, e.stream_id, s.version \
          HAVING min(e.stream_version) <> 1 OR max(e.stream_version) <> count(*) \
              OR max(e.stream_version) <> s.version",
     )
@@ -120,7 +120,7 @@ enum Expect {
         actual: Option<u64>,
     },
     Reused,
-    Foreign,
+    OtherType,
     /// One of a set of racers on one version: exactly one of the set wins.
     Racer,
 }
@@ -229,7 +229,21 @@ async fn sixty_four_appends_share_transactions_and_keep_their_own_outcomes(pool:
             actual: Some(1),
         },
     ));
-    cases.push((one("theirs", ExpectedVersion::Any, 1), Expect::Foreign));
+    // Stream ids are scoped to the tenant: tenant-b's "theirs" does not stop tenant-a's own, and
+    // tenant-b's "pair-a" is another stream than tenant-a's in the same group.
+    cases.push((
+        one("theirs", ExpectedVersion::NoStream, 1),
+        Expect::Appended { events: 1 },
+    ));
+    cases.push((
+        AppendBatch::new(meta("tenant-b")).stream(
+            sid("pair-a"),
+            "test",
+            ExpectedVersion::NoStream,
+            events(1, "b-pa"),
+        ),
+        Expect::Appended { events: 1 },
+    ));
     cases.push((
         AppendBatch::new(meta("tenant-a")).stream(
             sid("existing"),
@@ -237,7 +251,7 @@ async fn sixty_four_appends_share_transactions_and_keep_their_own_outcomes(pool:
             ExpectedVersion::Any,
             events(1, "x"),
         ),
-        Expect::Foreign,
+        Expect::OtherType,
     ));
     while cases.len() < 63 {
         cases.push((
@@ -300,7 +314,7 @@ async fn sixty_four_appends_share_transactions_and_keep_their_own_outcomes(pool:
             (Expect::Reused, Err(StoreError::CommandIdReused { command_id })) => {
                 assert_eq!(command_id, done_id);
             }
-            (Expect::Foreign, Err(StoreError::ForeignStream { .. })) => {}
+            (Expect::OtherType, Err(StoreError::StreamTypeMismatch { .. })) => {}
             (Expect::Racer, Ok(r)) => {
                 racer_wins += 1;
                 assert_eq!(r.events[0].stream_version, 3);
@@ -317,7 +331,7 @@ async fn sixty_four_appends_share_transactions_and_keep_their_own_outcomes(pool:
     // The accepted appends committed together in one transaction.
     let group_events: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM events WHERE tx_id = (SELECT tx_id FROM events \
-         WHERE stream_id = 'new-0')",
+         WHERE tenant_id = 'tenant-a' AND stream_id = 'new-0')",
     )
     .fetch_one(&pool)
     .await
@@ -509,7 +523,11 @@ async fn two_store_instances_race_on_shared_streams(pool: PgPool) {
             let mut wins: HashMap<&'static str, u64> = HashMap::new();
             for round in 0..25 {
                 let stream = streams[(w + round) % streams.len()];
-                let head = store.stream_head(&sid(stream)).await.unwrap().unwrap();
+                let head = store
+                    .stream_head("tenant-a", &sid(stream))
+                    .await
+                    .unwrap()
+                    .unwrap();
                 match store
                     .append(one(stream, ExpectedVersion::Exact(head.version), 1))
                     .await
@@ -538,7 +556,11 @@ async fn two_store_instances_race_on_shared_streams(pool: PgPool) {
         .await
         .unwrap();
     for s in streams {
-        let head = stores[1].stream_head(&sid(s)).await.unwrap().unwrap();
+        let head = stores[1]
+            .stream_head("tenant-a", &sid(s))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(
             head.version,
             1 + wins.get(s).copied().unwrap_or(0),
@@ -611,22 +633,21 @@ async fn recorded_at_never_goes_backwards_within_a_stream(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
-async fn the_store_refuses_streams_of_another_tenant_or_type(pool: PgPool) {
+async fn the_store_refuses_a_stream_of_another_type_but_not_another_tenants_id(pool: PgPool) {
     let store = EventStore::new(pool.clone());
     store
         .append(one("mine", ExpectedVersion::NoStream, 1))
         .await
         .unwrap();
+    // Another tenant's "mine" is another stream: created new, whatever tenant-a holds.
     let as_b = AppendBatch::new(meta("tenant-b")).stream(
         sid("mine"),
-        "test",
-        ExpectedVersion::Any,
+        "other-type",
+        ExpectedVersion::NoStream,
         events(1, "b"),
     );
-    assert!(matches!(
-        store.append(as_b).await,
-        Err(StoreError::ForeignStream { stream_id }) if stream_id == "mine"
-    ));
+    let theirs = store.append(as_b).await.unwrap();
+    assert_eq!(theirs.streams[0].version, 1);
     let other_type = AppendBatch::new(meta("tenant-a")).stream(
         sid("mine"),
         "not-test",
@@ -635,12 +656,14 @@ async fn the_store_refuses_streams_of_another_tenant_or_type(pool: PgPool) {
     );
     assert!(matches!(
         store.append(other_type).await,
-        Err(StoreError::ForeignStream { .. })
+        Err(StoreError::StreamTypeMismatch { stream_id }) if stream_id == "mine"
     ));
-    let versions: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE stream_id = 'mine'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let versions: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE tenant_id = 'tenant-a' AND stream_id = 'mine'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     assert_eq!(versions, 1, "nothing written");
 }
 
@@ -689,7 +712,7 @@ async fn appends_refuse_to_run_after_a_write_or_outside_read_committed(pool: PgP
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
-async fn default_fingerprint_covers_tenant_and_metadata(pool: PgPool) {
+async fn default_fingerprint_covers_metadata_and_command_ids_are_per_tenant(pool: PgPool) {
     let store = EventStore::new(pool.clone());
     let id = Uuid::now_v7();
     let payload = || vec![NewEvent::new("test.happened", 1, json!({ "same": true }))];
@@ -701,10 +724,11 @@ async fn default_fingerprint_covers_tenant_and_metadata(pool: PgPool) {
     store.append(batch("tenant-a", "alice")).await.unwrap();
     let replay = store.append(batch("tenant-a", "alice")).await.unwrap();
     assert!(replay.replayed, "the same request is a retry");
-    assert!(matches!(
-        store.append(batch("tenant-b", "alice")).await,
-        Err(StoreError::CommandIdReused { .. })
-    ));
+    // The same command id in another tenant is another command: appended, not replayed, not
+    // refused (the tenant is in the fingerprint too, and the log is keyed by tenant).
+    let theirs = store.append(batch("tenant-b", "alice")).await.unwrap();
+    assert!(!theirs.replayed);
+    assert_eq!(theirs.streams[0].version, 1);
     assert!(matches!(
         store.append(batch("tenant-a", "mallory")).await,
         Err(StoreError::CommandIdReused { .. })

@@ -94,24 +94,25 @@ pub struct RetryReport {
     pub still_failing: u64,
 }
 
-/// Retries every parked stream of `projection` (or only `stream_id`).
+/// Retries every parked stream of `projection` (or only the streams named `stream_id`, in
+/// whichever tenants have one).
 pub async fn retry(
     store: &EventStore,
     projection: &dyn Projection,
     stream_id: Option<&str>,
 ) -> Result<RetryReport, ProjectionError> {
-    let streams: Vec<String> = sqlx::query_scalar(
-        "SELECT DISTINCT stream_id FROM projection_dead_letters \
+    let streams: Vec<(String, String)> = sqlx::query_as(
+        "SELECT DISTINCT tenant_id, stream_id FROM projection_dead_letters \
          WHERE projection = $1 AND status = 'open' AND ($2::text IS NULL OR stream_id = $2) \
-         ORDER BY stream_id",
+         ORDER BY tenant_id, stream_id",
     )
     .bind(projection.name())
     .bind(stream_id)
     .fetch_all(store.pool())
     .await?;
     let mut report = RetryReport::default();
-    for stream in streams {
-        replay_stream(store, projection, &stream, None, &mut report).await?;
+    for (tenant, stream) in streams {
+        replay_stream(store, projection, &tenant, &stream, None, &mut report).await?;
     }
     Ok(report)
 }
@@ -123,25 +124,34 @@ pub async fn skip(
     projection: &dyn Projection,
     event_id: Uuid,
 ) -> Result<Option<RetryReport>, ProjectionError> {
-    let stream: Option<String> = sqlx::query_scalar(
-        "SELECT stream_id FROM projection_dead_letters \
+    let stream: Option<(String, String)> = sqlx::query_as(
+        "SELECT tenant_id, stream_id FROM projection_dead_letters \
          WHERE projection = $1 AND event_id = $2 AND status = 'open'",
     )
     .bind(projection.name())
     .bind(event_id)
     .fetch_optional(store.pool())
     .await?;
-    let Some(stream) = stream else {
+    let Some((tenant, stream)) = stream else {
         return Ok(None);
     };
     let mut report = RetryReport::default();
-    replay_stream(store, projection, &stream, Some(event_id), &mut report).await?;
+    replay_stream(
+        store,
+        projection,
+        &tenant,
+        &stream,
+        Some(event_id),
+        &mut report,
+    )
+    .await?;
     Ok(Some(report))
 }
 
 async fn replay_stream(
     store: &EventStore,
     projection: &dyn Projection,
+    tenant: &str,
     stream: &str,
     skip: Option<Uuid>,
     report: &mut RetryReport,
@@ -153,24 +163,31 @@ async fn replay_stream(
         .bind(projection.checkpoint_name())
         .execute(&mut *tx)
         .await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))")
-        .bind(name)
-        .bind(stream)
+    // The runner's lock of this stream (see `Runner::lock_streams`).
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || annals_stream_lock_key($2, $3), 0))",
+    )
+    .bind(name)
+    .bind(tenant)
+    .bind(stream)
         .execute(&mut *tx)
         .await?;
     let applied: Option<i64> = sqlx::query_scalar(
-        "SELECT version FROM projection_streams WHERE projection = $1 AND stream_id = $2",
+        "SELECT version FROM projection_streams \
+         WHERE projection = $1 AND tenant_id = $2 AND stream_id = $3",
     )
     .bind(name)
+    .bind(tenant)
     .bind(stream)
     .fetch_optional(&mut *tx)
     .await?;
     let mut version = u64::try_from(applied.unwrap_or(0)).unwrap_or(0);
     let last_open: Option<i64> = sqlx::query_scalar(
         "SELECT max(stream_version) FROM projection_dead_letters \
-         WHERE projection = $1 AND stream_id = $2 AND status = 'open'",
+         WHERE projection = $1 AND tenant_id = $2 AND stream_id = $3 AND status = 'open'",
     )
     .bind(name)
+    .bind(tenant)
     .bind(stream)
     .fetch_one(&mut *tx)
     .await?;
@@ -184,7 +201,7 @@ async fn replay_stream(
         let stream_id = StreamId::new(stream)?;
         let count = u32::try_from(last_open - version).unwrap_or(u32::MAX);
         let events = store
-            .read_stream(&stream_id, version + 1, Direction::Forward, count)
+            .read_stream(tenant, &stream_id, version + 1, Direction::Forward, count)
             .await?;
         for event in &events {
             if Some(event.event_id) == skip {
@@ -225,9 +242,11 @@ async fn replay_stream(
         // earlier retry) are closed too.
         sqlx::query(
             "UPDATE projection_dead_letters SET status = 'resolved', resolved_at = now() \
-             WHERE projection = $1 AND stream_id = $2 AND status = 'open' AND stream_version <= $3",
+             WHERE projection = $1 AND tenant_id = $2 AND stream_id = $3 AND status = 'open' \
+               AND stream_version <= $4",
         )
         .bind(name)
+        .bind(tenant)
         .bind(stream)
         .bind(i64::try_from(version).unwrap_or(i64::MAX))
         .execute(&mut *tx)
@@ -237,12 +256,14 @@ async fn replay_stream(
         sqlx::query(
             // The hash moves with the version: a stale one would make the runner reject the
             // stream's next Kafka message.
-            "INSERT INTO projection_streams (projection, stream_id, version, last_position, \
-               last_hash) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (projection, stream_id) \
+            "INSERT INTO projection_streams (projection, tenant_id, stream_id, version, \
+               last_position, last_hash) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (projection, tenant_id, stream_id) \
              DO UPDATE SET version = excluded.version, last_position = excluded.last_position, \
                last_hash = excluded.last_hash",
         )
         .bind(name)
+        .bind(tenant)
         .bind(stream)
         .bind(i64::try_from(version).unwrap_or(i64::MAX))
         .bind(last_position)

@@ -371,7 +371,7 @@ impl ReminderScheduler {
         let rows = sqlx::query(
             "SELECT r.reminder_id, r.task_id, r.tenant_id, r.owner, t.title, t.due_date, \
                r.delivery_method, r.destination, r.armed_by_event_id, r.last_position \
-               FROM task_reminders r JOIN tasks t ON t.task_id = r.task_id \
+               FROM task_reminders r JOIN tasks t ON t.tenant_id = r.tenant_id AND t.task_id = r.task_id \
               WHERE r.status = 'pending' AND r.is_current AND t.status = 'active' \
                 AND r.trigger_time <= $1 \
                 AND (r.last_retry_at IS NULL \

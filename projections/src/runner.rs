@@ -46,7 +46,8 @@ const ADVANCE_CONTIGUOUS: &str = "WITH cp AS ( \
                          ORDER BY global_position DESC LIMIT 1), 0) AS p), \
      nx AS ( \
        SELECT min(e.global_position) AS p FROM events e \
-         LEFT JOIN projection_streams ps ON ps.projection = $2 AND ps.stream_id = e.stream_id \
+         LEFT JOIN projection_streams ps ON ps.projection = $2 AND ps.tenant_id = e.tenant_id \
+                                        AND ps.stream_id = e.stream_id \
         WHERE e.global_position > (SELECT p FROM cp) \
           AND ($3::text[] IS NULL OR e.stream_type = ANY($3)) \
           AND e.stream_version > coalesce(ps.version, 0) \
@@ -65,15 +66,17 @@ const ADVANCE_CONTIGUOUS: &str = "WITH cp AS ( \
 /// Driven by the batch's ids (one primary-key probe each): `stream_id = ANY($2)` let a planner
 /// without statistics (a rebuild's fresh shadow table) scan every stream of the projection and
 /// compare it with every id of the batch, the slowest statement of a rebuild.
-const LOAD_STREAMS: &str = "SELECT s.stream_id, s.version, s.last_position, \
+const LOAD_STREAMS: &str = "SELECT s.tenant_id, s.stream_id, s.version, s.last_position, \
        COALESCE(s.last_hash, (SELECT e.hash FROM events e \
-                               WHERE e.stream_id = s.stream_id \
+                               WHERE e.tenant_id = s.tenant_id AND e.stream_id = s.stream_id \
                                  AND e.stream_version = s.version)) AS last_hash, \
        EXISTS (SELECT 1 FROM projection_dead_letters d \
-                WHERE d.projection = s.projection AND d.stream_id = s.stream_id \
+                WHERE d.projection = s.projection AND d.tenant_id = s.tenant_id \
+                  AND d.stream_id = s.stream_id \
                   AND d.status = 'open' AND d.kind <> 'rejected') AS parked \
-     FROM unnest($2::text[]) AS ids(stream_id) \
-     JOIN projection_streams s ON s.projection = $1 AND s.stream_id = ids.stream_id";
+     FROM unnest($2::text[], $3::text[]) AS ids(tenant_id, stream_id) \
+     JOIN projection_streams s ON s.projection = $1 AND s.tenant_id = ids.tenant_id \
+                              AND s.stream_id = ids.stream_id";
 
 /// Tuning of a [`Runner`]; the defaults are the worker's defaults.
 #[derive(Debug, Clone)]
@@ -150,9 +153,16 @@ impl<E: Into<ProjectionError>> From<E> for AttemptError {
     }
 }
 
+/// A stream as the runner keys it: (tenant, stream id); stream ids are unique per tenant.
+type StreamKey = (String, String);
+
+fn stream_key(event: &RecordedEvent) -> StreamKey {
+    (event.tenant_id.clone(), event.stream_id.clone())
+}
+
 /// The state of one pass over a batch (one transaction).
 struct Pass<'a> {
-    streams: HashMap<String, StreamState>,
+    streams: HashMap<StreamKey, StreamState>,
     stats: BatchStats,
     /// Careful pass: each event applied alone in a savepoint; fast pass: events collected in
     /// `pending` and applied as one set.
@@ -434,13 +444,13 @@ impl Runner {
         conn: &mut PgConnection,
         events: &[&RecordedEvent],
         target: Target,
-    ) -> Result<HashMap<String, StreamState>, AttemptError> {
-        let ids: Vec<String> = events
+    ) -> Result<HashMap<StreamKey, StreamState>, AttemptError> {
+        let (tenants, ids): (Vec<String>, Vec<String>) = events
             .iter()
-            .map(|e| e.stream_id.clone())
+            .map(|e| stream_key(e))
             .collect::<BTreeSet<_>>()
             .into_iter()
-            .collect();
+            .unzip();
         let mut streams = HashMap::with_capacity(ids.len());
         if ids.is_empty() {
             return Ok(streams);
@@ -450,16 +460,19 @@ impl Runner {
         if target == Target::Live {
             sqlx::query(
                 "SELECT pg_advisory_xact_lock(k) FROM ( \
-                   SELECT hashtextextended($1 || '/' || s, 0) AS k FROM unnest($2::text[]) s \
+                   SELECT hashtextextended($1 || '/' || annals_stream_lock_key(t, s), 0) AS k \
+                     FROM unnest($2::text[], $3::text[]) AS u(t, s) \
                    ORDER BY 1) q",
             )
             .bind(name)
+            .bind(&tenants)
             .bind(&ids)
             .execute(&mut *conn)
             .await?;
         }
         let rows = sqlx::query(LOAD_STREAMS)
             .bind(name)
+            .bind(&tenants)
             .bind(&ids)
             .fetch_all(&mut *conn)
             .await?;
@@ -467,7 +480,7 @@ impl Runner {
             let version: i64 = row.try_get("version")?;
             let hash: Option<Vec<u8>> = row.try_get("last_hash")?;
             streams.insert(
-                row.try_get("stream_id")?,
+                (row.try_get("tenant_id")?, row.try_get("stream_id")?),
                 StreamState {
                     version: u64::try_from(version).unwrap_or(0),
                     last_hash: hash.and_then(|h| <[u8; 32]>::try_from(h).ok()),
@@ -488,7 +501,7 @@ impl Runner {
     ) -> Result<(), AttemptError> {
         let state = *pass
             .streams
-            .entry(event.stream_id.clone())
+            .entry(stream_key(event))
             .or_insert(StreamState {
                 version: 0,
                 last_hash: None,
@@ -510,7 +523,13 @@ impl Runner {
                 u32::try_from(event.stream_version - state.version - 1).unwrap_or(u32::MAX);
             let gap = self
                 .store
-                .read_stream(&stream, state.version + 1, Direction::Forward, missing)
+                .read_stream(
+                    &event.tenant_id,
+                    &stream,
+                    state.version + 1,
+                    Direction::Forward,
+                    missing,
+                )
                 .await?;
             tracing::info!(
                 projection = self.projection.name(),
@@ -525,11 +544,15 @@ impl Runner {
             {
                 self.apply_checked(conn, earlier, pass).await?;
                 pass.stats.gap_filled += 1;
-                if pass.streams.get(&event.stream_id).is_some_and(|s| s.parked) {
+                if pass
+                    .streams
+                    .get(&stream_key(event))
+                    .is_some_and(|s| s.parked)
+                {
                     break;
                 }
             }
-            let now = pass.streams.get(&event.stream_id).copied();
+            let now = pass.streams.get(&stream_key(event)).copied();
             if now.is_some_and(|s| s.parked) {
                 self.park(conn, event, pass).await?;
                 return Ok(());
@@ -578,7 +601,7 @@ impl Runner {
         if !pass.verify {
             return Ok(None);
         }
-        let prev = match pass.streams.get(&event.stream_id) {
+        let prev = match pass.streams.get(&stream_key(event)) {
             Some(s) if s.version > 0 => s.last_hash,
             _ => Some(event_store::hash::GENESIS),
         };
@@ -605,7 +628,13 @@ impl Runner {
         let stream = StreamId::new(event.stream_id.clone())?;
         let stored = self
             .store
-            .read_stream(&stream, event.stream_version, Direction::Forward, 1)
+            .read_stream(
+                &event.tenant_id,
+                &stream,
+                event.stream_version,
+                Direction::Forward,
+                1,
+            )
             .await?
             .into_iter()
             .find(|e| e.stream_version == event.stream_version);
@@ -636,8 +665,8 @@ impl Runner {
                 &genuine
             }
         };
-        let advance = |streams: &mut HashMap<String, StreamState>| {
-            if let Some(s) = streams.get_mut(&event.stream_id) {
+        let advance = |streams: &mut HashMap<StreamKey, StreamState>| {
+            if let Some(s) = streams.get_mut(&stream_key(event)) {
                 s.version = event.stream_version;
                 s.last_hash = Some(event.hash);
                 s.last_position = event.global_position.0;
@@ -696,7 +725,7 @@ impl Runner {
         metrics::counter!("annals_projection_dead_letters_total",
             "projection" => self.projection.name())
         .increment(1);
-        if let Some(s) = pass.streams.get_mut(&event.stream_id) {
+        if let Some(s) = pass.streams.get_mut(&stream_key(event)) {
             s.parked = true;
             // The row must exist so that later batches see the stream as parked.
             s.dirty = true;
@@ -784,28 +813,30 @@ impl Runner {
         let types: Option<Vec<String>> = p
             .stream_types()
             .map(|t| t.iter().map(|s| (*s).to_owned()).collect());
-        let behind: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT s.stream_id, COALESCE(ps.version, 0) FROM streams s \
+        let behind: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT s.tenant_id, s.stream_id, COALESCE(ps.version, 0) FROM streams s \
                LEFT JOIN projection_streams ps \
-                 ON ps.projection = $1 AND ps.stream_id = s.stream_id \
+                 ON ps.projection = $1 AND ps.tenant_id = s.tenant_id \
+                AND ps.stream_id = s.stream_id \
               WHERE ($2::text[] IS NULL OR s.stream_type = ANY($2)) \
                 AND COALESCE(ps.version, 0) < s.version \
                 AND NOT EXISTS (SELECT 1 FROM projection_dead_letters d \
-                                 WHERE d.projection = $1 AND d.stream_id = s.stream_id \
+                                 WHERE d.projection = $1 AND d.tenant_id = s.tenant_id \
+                                   AND d.stream_id = s.stream_id \
                                    AND d.status = 'open' AND d.kind <> 'rejected') \
-              ORDER BY s.stream_id LIMIT 100",
+              ORDER BY s.tenant_id, s.stream_id LIMIT 100",
         )
         .bind(p.name())
         .bind(&types)
         .fetch_all(&self.pool)
         .await?;
         let mut events = Vec::new();
-        for (stream, applied) in &behind {
+        for (tenant, stream, applied) in &behind {
             let id = StreamId::new(stream.clone())?;
             let from = u64::try_from(*applied).unwrap_or(0) + 1;
             events.extend(
                 self.store
-                    .read_stream(&id, from, Direction::Forward, 500)
+                    .read_stream(tenant, &id, from, Direction::Forward, 500)
                     .await?,
             );
         }
@@ -837,13 +868,14 @@ fn record_stats(name: &'static str, stats: &BatchStats, elapsed: Duration) {
 async fn write_streams(
     conn: &mut PgConnection,
     projection: &str,
-    streams: &HashMap<String, StreamState>,
+    streams: &HashMap<StreamKey, StreamState>,
 ) -> Result<(), sqlx::Error> {
-    let dirty: Vec<(&String, &StreamState)> = streams.iter().filter(|(_, s)| s.dirty).collect();
+    let dirty: Vec<(&StreamKey, &StreamState)> = streams.iter().filter(|(_, s)| s.dirty).collect();
     if dirty.is_empty() {
         return Ok(());
     }
-    let ids: Vec<&str> = dirty.iter().map(|(id, _)| id.as_str()).collect();
+    let tenants: Vec<&str> = dirty.iter().map(|((t, _), _)| t.as_str()).collect();
+    let ids: Vec<&str> = dirty.iter().map(|((_, id), _)| id.as_str()).collect();
     let versions: Vec<i64> = dirty
         .iter()
         .map(|(_, s)| i64::try_from(s.version).unwrap_or(i64::MAX))
@@ -854,14 +886,17 @@ async fn write_streams(
         .map(|(_, s)| s.last_hash.map(|h| h.to_vec()))
         .collect();
     sqlx::query(
-        "INSERT INTO projection_streams (projection, stream_id, version, last_position, last_hash) \
-         SELECT $1, s, v, p, h \
-           FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::bytea[]) AS u(s, v, p, h) \
-         ON CONFLICT (projection, stream_id) DO UPDATE \
+        "INSERT INTO projection_streams (projection, tenant_id, stream_id, version, last_position, \
+           last_hash) \
+         SELECT $1, t, s, v, p, h \
+           FROM unnest($2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bytea[]) \
+                AS u(t, s, v, p, h) \
+         ON CONFLICT (projection, tenant_id, stream_id) DO UPDATE \
          SET version = excluded.version, last_position = excluded.last_position, \
              last_hash = COALESCE(excluded.last_hash, projection_streams.last_hash)",
     )
     .bind(projection)
+    .bind(&tenants)
     .bind(&ids)
     .bind(&versions)
     .bind(&positions)

@@ -73,9 +73,13 @@ fn to_new<E: DomainEvent>(events: &[E]) -> Vec<NewEvent> {
         .collect()
 }
 
-async fn load<A: Aggregate>(store: &EventStore, stream: &StreamId) -> (A::State, u64) {
+async fn load<A: Aggregate>(
+    store: &EventStore,
+    tenant: &str,
+    stream: &StreamId,
+) -> (A::State, u64) {
     let history = store
-        .read_stream(stream, 1, Direction::Forward, 100_000)
+        .read_stream(tenant, stream, 1, Direction::Forward, 100_000)
         .await
         .unwrap();
     let state = history.iter().fold(A::State::default(), |s, e| {
@@ -104,7 +108,7 @@ pub async fn exec<A: Aggregate>(
     actor: &str,
 ) -> AppendResult {
     let stream = StreamId::new(stream.to_string()).unwrap();
-    let (state, v) = load::<A>(store, &stream).await;
+    let (state, v) = load::<A>(store, tenant, &stream).await;
     let events = A::decide(&state, cmd, &CommandContext::new(now, actor)).unwrap();
     store
         .append(AppendBatch::new(meta(tenant, actor)).stream(
@@ -127,8 +131,8 @@ pub async fn exec_governed(
 ) {
     let sid = StreamId::new(cmd.session_id().to_string()).unwrap();
     let did = StreamId::new(cmd.decision_id().to_string()).unwrap();
-    let (session, sv) = load::<AgentSession>(store, &sid).await;
-    let (decision, dv) = load::<GovernanceDecision>(store, &did).await;
+    let (session, sv) = load::<AgentSession>(store, tenant, &sid).await;
+    let (decision, dv) = load::<GovernanceDecision>(store, tenant, &did).await;
     let out = decide_governed(&decision, &session, cmd, &CommandContext::new(now, actor)).unwrap();
     let mut batch = AppendBatch::new(meta(tenant, actor));
     if !out.decision.is_empty() {

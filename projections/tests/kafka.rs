@@ -104,7 +104,8 @@ async fn behind(pool: &sqlx::PgPool) -> i64 {
         let b: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM streams s WHERE ($2::text[] IS NULL OR s.stream_type = ANY($2)) \
              AND NOT EXISTS (SELECT 1 FROM projection_streams ps WHERE ps.projection = $1 \
-                               AND ps.stream_id = s.stream_id AND ps.version = s.version)",
+                               AND ps.tenant_id = s.tenant_id AND ps.stream_id = s.stream_id \
+                               AND ps.version = s.version)",
         )
         .bind(p.name())
         .bind(&types)
@@ -236,7 +237,8 @@ async fn two_workers_share_partitions_and_one_takes_over(
                  CROSS JOIN (VALUES ('problems', 'problem'), ('tasks', 'task'), \
                    ('agent_sessions', 'agent_session'), ('governance', 'governance_decision'), \
                    ('audit', NULL)) AS p(name, st) \
-                 LEFT JOIN projection_streams ps ON ps.projection = p.name AND ps.stream_id = s.stream_id \
+                 LEFT JOIN projection_streams ps ON ps.projection = p.name \
+                       AND ps.tenant_id = s.tenant_id AND ps.stream_id = s.stream_id \
                  WHERE (p.st IS NULL OR p.st = s.stream_type) AND ps.version IS DISTINCT FROM s.version",
             )
             .fetch_all(&pool)

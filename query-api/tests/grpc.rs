@@ -910,7 +910,7 @@ async fn state_as_of_an_instant_equals_the_state_of_the_events_recorded_until_th
     let auditor = api.token(TENANT, Role::Auditor).await;
     let stream = StreamId::new(id.to_string()).unwrap();
     let events = store
-        .read_stream(&stream, 1, Direction::Forward, 100)
+        .read_stream(TENANT, &stream, 1, Direction::Forward, 100)
         .await
         .unwrap();
     assert_eq!(events.len(), 5);
@@ -1268,6 +1268,150 @@ async fn inclusion_proofs_and_verification_against_a_signed_checkpoint(pool: PgP
 
 // ---------------------------------------------------------------------------------------------
 // Tenants and roles
+
+/// Ids are scoped to the tenant (issue 14): two tenants using the very same aggregate and child
+/// ids (problem, tree node, plan, result, recommendation, deliverable, artifact, session,
+/// decisions, task) get two independent aggregates, projected without a dead letter, and each
+/// tenant reads only its own.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn one_id_in_two_tenants_is_two_aggregates_in_every_read(pool: PgPool) {
+    let store = EventStore::new(pool.clone());
+    let ids = problem_scenario(&store, TENANT, 1, 0).await;
+    assert_eq!(problem_scenario(&store, OTHER, 1, 0).await, ids);
+    let (sid, _) = session_scenario(&store, TENANT, 1, "erin").await;
+    assert_eq!(session_scenario(&store, OTHER, 1, "gus").await.0, sid);
+    let task = uuid(0x51_0001);
+    task_at(&store, TENANT, task, "dana", t0(), None).await;
+    task_at(&store, OTHER, task, "olga", t0(), None).await;
+    catch_up_all(&store).await;
+    let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM projection_dead_letters")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(dead, 0, "both tenants' events project");
+
+    let api = Api::start(pool.clone()).await;
+    for (tenant, owner, user) in [(TENANT, "dana", "erin"), (OTHER, "olga", "gus")] {
+        let tok = api.token(tenant, Role::Admin).await;
+        let got = ok(api
+            .tasks()
+            .get_task(req(
+                &tok,
+                pb::GetTaskRequest {
+                    task_id: task.to_string(),
+                    ..Default::default()
+                },
+            ))
+            .await);
+        assert_eq!(got.task.unwrap().owner, owner, "{tenant}");
+        let session = ok(api
+            .sessions()
+            .get_session(req(
+                &tok,
+                pb::GetSessionRequest {
+                    session_id: sid.to_string(),
+                    ..Default::default()
+                },
+            ))
+            .await);
+        assert_eq!(session.session.unwrap().user, user, "{tenant}");
+        let problem = ok(api
+            .problems()
+            .get_problem(req(
+                &tok,
+                pb::GetProblemRequest {
+                    problem_id: ids[0].to_string(),
+                    ..Default::default()
+                },
+            ))
+            .await);
+        assert!(
+            problem.problem.is_some() && problem.frame.is_some(),
+            "{tenant}"
+        );
+        let tree = ok(api
+            .problems()
+            .get_issue_tree(req(
+                &tok,
+                pb::GetIssueTreeRequest {
+                    problem_id: ids[0].to_string(),
+                    ..Default::default()
+                },
+            ))
+            .await);
+        assert_eq!(tree.nodes.len(), 1, "{tenant}: the shared node id, once");
+        let recs = ok(api
+            .problems()
+            .list_recommendations(req(
+                &tok,
+                pb::ListRecommendationsRequest {
+                    problem_id: ids[0].to_string(),
+                    ..Default::default()
+                },
+            ))
+            .await);
+        assert_eq!(recs.recommendations.len(), 1, "{tenant}");
+
+        // History: the tenant's own stream of that id, its own chain.
+        let own: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT global_position, event_id::text FROM events \
+              WHERE tenant_id = $1 AND stream_id = $2 ORDER BY stream_version",
+        )
+        .bind(tenant)
+        .bind(ids[0].to_string())
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let history = ok(api
+            .history()
+            .read_stream(req(
+                &tok,
+                pb::ReadStreamRequest {
+                    stream_id: ids[0].to_string(),
+                    max_count: 500,
+                    ..Default::default()
+                },
+            ))
+            .await);
+        let got: Vec<(i64, String)> = history
+            .events
+            .iter()
+            .map(|e| (e.global_position, e.event_id.clone()))
+            .collect();
+        assert_eq!(got, own, "{tenant}");
+        let verified = ok(api
+            .history()
+            .verify_integrity(req(
+                &tok,
+                pb::VerifyIntegrityRequest {
+                    scope: Some(pb::verify_integrity_request::Scope::StreamId(
+                        ids[0].to_string(),
+                    )),
+                    ..Default::default()
+                },
+            ))
+            .await);
+        assert!(verified.intact, "{tenant}");
+        assert_eq!(verified.events_checked as usize, own.len(), "{tenant}");
+        let state = ok(api
+            .history()
+            .get_state_as_of(req(
+                &tok,
+                pb::GetStateAsOfRequest {
+                    stream_id: task.to_string(),
+                    as_of: Some(pb::get_state_as_of_request::AsOf::Version(1)),
+                    ..Default::default()
+                },
+            ))
+            .await);
+        assert!(
+            state.state_json.contains(owner),
+            "{tenant}: {}",
+            state.state_json
+        );
+    }
+    api.stop().await;
+}
 
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn a_tenant_never_sees_another_tenants_rows(pool: PgPool) {

@@ -27,11 +27,11 @@ use uuid::Uuid;
 
 pub mod reads;
 
-use super::{load_rows, storable_json, storable_text, ts, write_rows};
+use super::{by_tenant, load_rows, storable_json, storable_text, ts, write_rows};
 use crate::projection::{Projection, ProjectionError};
 
-const LOAD_STATE: &str =
-    "SELECT to_jsonb(s) FROM audit_resource_state s WHERE s.resource_id = ANY($1)";
+const LOAD_STATE: &str = "SELECT to_jsonb(s) FROM audit_resource_state s \
+     WHERE s.resource_id = ANY($1) AND s.tenant_id = $2";
 /// Append-only: a second row for a position or event id fails the batch. Column arrays rather
 /// than a JSON recordset: the audit log is the widest write of a rebuild (one row per event),
 /// and typed arrays skip a JSON parse per column.
@@ -46,7 +46,7 @@ const INSERT_LOG: &str = "INSERT INTO audit_log (global_position, event_id, tena
          AS u(g, e, t, a, ac, at, rt, ri, rv, ch, cm, co, ca, ip, ua, oc, h)";
 const UPSERT_STATE: &str = "INSERT INTO audit_resource_state \
        SELECT * FROM jsonb_populate_recordset(NULL::audit_resource_state, $1) \
-     ON CONFLICT (resource_id) DO UPDATE \
+     ON CONFLICT (tenant_id, resource_id) DO UPDATE \
      SET fields = excluded.fields, last_position = excluded.last_position";
 
 /// An `audit_resource_state` row.
@@ -134,14 +134,29 @@ impl Projection for AuditProjection {
         conn: &mut PgConnection,
         events: &[RecordedEvent],
     ) -> Result<(), ProjectionError> {
+        for (tenant, events) in by_tenant(events) {
+            Self::apply_tenant(conn, tenant, &events).await?;
+        }
+        Ok(())
+    }
+}
+
+impl AuditProjection {
+    /// Applies one tenant's events of a batch (resource ids are stream ids, unique per tenant).
+    async fn apply_tenant(
+        conn: &mut PgConnection,
+        tenant: &str,
+        events: &[&RecordedEvent],
+    ) -> Result<(), ProjectionError> {
         let mut ids: Vec<String> = events.iter().map(|e| e.stream_id.clone()).collect();
         ids.sort_unstable();
         ids.dedup();
-        let mut states: HashMap<String, StateRow> = load_rows::<_, StateRow>(conn, LOAD_STATE, ids)
-            .await?
-            .into_iter()
-            .map(|s| (s.resource_id.clone(), s))
-            .collect();
+        let mut states: HashMap<String, StateRow> =
+            load_rows::<_, StateRow>(conn, LOAD_STATE, tenant, ids)
+                .await?
+                .into_iter()
+                .map(|s| (s.resource_id.clone(), s))
+                .collect();
         let mut log = LogColumns::default();
         for event in events {
             let meta = event

@@ -143,11 +143,28 @@ pub(crate) fn ts(at: DateTime<Utc>) -> DateTime<Utc> {
     at.trunc_subsecs(6)
 }
 
-/// Rows of a table whose key is in `keys`, each read whole as JSON (`to_jsonb(row)`) into its
-/// row type: one statement for a batch. `sql` is a named constant taking the keys as `$1`.
+/// The events of a batch split by tenant (tenants in a fixed order, each tenant's events in
+/// batch order). Ids are unique per tenant only, so a model folds one tenant's events at a time
+/// and keys its rows by id within that tenant.
+pub(crate) fn by_tenant(events: &[RecordedEvent]) -> Vec<(&str, Vec<&RecordedEvent>)> {
+    let mut groups: std::collections::BTreeMap<&str, Vec<&RecordedEvent>> =
+        std::collections::BTreeMap::new();
+    for event in events {
+        groups
+            .entry(event.tenant_id.as_str())
+            .or_default()
+            .push(event);
+    }
+    groups.into_iter().collect()
+}
+
+/// Rows of `tenant` in a table whose key is in `keys`, each read whole as JSON
+/// (`to_jsonb(row)`) into its row type: one statement for a batch. `sql` is a named constant
+/// taking the keys as `$1` and the tenant as `$2`.
 pub(crate) async fn load_rows<K, R>(
     conn: &mut sqlx::PgConnection,
     sql: &'static str,
+    tenant: &str,
     keys: Vec<K>,
 ) -> Result<Vec<R>, ProjectionError>
 where
@@ -160,8 +177,11 @@ where
     if keys.is_empty() {
         return Ok(Vec::new());
     }
-    let rows: Vec<sqlx::types::Json<R>> =
-        sqlx::query_scalar(sql).bind(keys).fetch_all(conn).await?;
+    let rows: Vec<sqlx::types::Json<R>> = sqlx::query_scalar(sql)
+        .bind(keys)
+        .bind(tenant)
+        .fetch_all(conn)
+        .await?;
     Ok(rows.into_iter().map(|r| r.0).collect())
 }
 

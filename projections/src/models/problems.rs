@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 pub mod reads;
 
-use super::{decode, fit, json, load_rows, num, ts, version, write_rows};
+use super::{by_tenant, decode, fit, json, load_rows, num, ts, version, write_rows};
 use crate::projection::{Projection, ProjectionError};
 
 /// The problems projection.
@@ -44,14 +44,15 @@ const TABLES: &[&str] = &[
     "problem_pipeline_summary",
 ];
 
-const LOAD_PROBLEMS: &str = "SELECT to_jsonb(p) FROM problems p WHERE p.problem_id = ANY($1)";
-const LOAD_PLANS: &str =
-    "SELECT to_jsonb(p) FROM problem_analysis_plans p WHERE p.plan_id = ANY($1)";
-const LOAD_DELIVERABLES: &str =
-    "SELECT to_jsonb(d) FROM problem_deliverables d WHERE d.deliverable_id = ANY($1)";
+const LOAD_PROBLEMS: &str =
+    "SELECT to_jsonb(p) FROM problems p WHERE p.problem_id = ANY($1) AND p.tenant_id = $2";
+const LOAD_PLANS: &str = "SELECT to_jsonb(p) FROM problem_analysis_plans p \
+     WHERE p.plan_id = ANY($1) AND p.tenant_id = $2";
+const LOAD_DELIVERABLES: &str = "SELECT to_jsonb(d) FROM problem_deliverables d \
+     WHERE d.deliverable_id = ANY($1) AND d.tenant_id = $2";
 const UPSERT_PROBLEMS: &str = "INSERT INTO problems \
        SELECT * FROM jsonb_populate_recordset(NULL::problems, $1) \
-     ON CONFLICT (problem_id) DO UPDATE SET tenant_id = excluded.tenant_id, \
+     ON CONFLICT (tenant_id, problem_id) DO UPDATE SET \
        title = excluded.title, raw_text = excluded.raw_text, submitter = excluded.submitter, \
        urgency = excluded.urgency, metadata = excluded.metadata, \
        organization_id = excluded.organization_id, stage = excluded.stage, \
@@ -62,7 +63,7 @@ const UPSERT_PROBLEMS: &str = "INSERT INTO problems \
 /// A problem's frame: the last definition wins.
 const UPSERT_FRAMES: &str = "INSERT INTO problem_frames \
        SELECT * FROM jsonb_populate_recordset(NULL::problem_frames, $1) \
-     ON CONFLICT (problem_id) DO UPDATE SET goal = excluded.goal, scope = excluded.scope, \
+     ON CONFLICT (tenant_id, problem_id) DO UPDATE SET goal = excluded.goal, scope = excluded.scope, \
        kpis = excluded.kpis, stakeholders = excluded.stakeholders, \
        assumptions = excluded.assumptions, constraints = excluded.constraints, \
        confidence = excluded.confidence, clarifying_questions = excluded.clarifying_questions, \
@@ -72,7 +73,7 @@ const INSERT_NODES: &str = "INSERT INTO problem_tree_nodes \
 /// A node's priority: the last prioritisation wins.
 const UPSERT_PRIORITIES: &str = "INSERT INTO problem_node_priorities \
        SELECT * FROM jsonb_populate_recordset(NULL::problem_node_priorities, $1) \
-     ON CONFLICT (node_id) DO UPDATE SET impact = excluded.impact, \
+     ON CONFLICT (tenant_id, node_id) DO UPDATE SET impact = excluded.impact, \
        feasibility = excluded.feasibility, priority_score = excluded.priority_score, \
        rationale = excluded.rationale, estimated_hours = excluded.estimated_hours, \
        estimated_cost = excluded.estimated_cost, confidence = excluded.confidence, \
@@ -80,7 +81,7 @@ const UPSERT_PRIORITIES: &str = "INSERT INTO problem_node_priorities \
        last_position = excluded.last_position";
 const UPSERT_PLANS: &str = "INSERT INTO problem_analysis_plans \
        SELECT * FROM jsonb_populate_recordset(NULL::problem_analysis_plans, $1) \
-     ON CONFLICT (plan_id) DO UPDATE SET status = excluded.status, \
+     ON CONFLICT (tenant_id, plan_id) DO UPDATE SET status = excluded.status, \
        last_position = excluded.last_position";
 const INSERT_RESULTS: &str = "INSERT INTO problem_analysis_results \
        SELECT * FROM jsonb_populate_recordset(NULL::problem_analysis_results, $1)";
@@ -90,7 +91,7 @@ const INSERT_RECOMMENDATIONS: &str = "INSERT INTO problem_recommendations \
        SELECT * FROM jsonb_populate_recordset(NULL::problem_recommendations, $1)";
 const UPSERT_DELIVERABLES: &str = "INSERT INTO problem_deliverables \
        SELECT * FROM jsonb_populate_recordset(NULL::problem_deliverables, $1) \
-     ON CONFLICT (deliverable_id) DO UPDATE SET status = excluded.status, \
+     ON CONFLICT (tenant_id, deliverable_id) DO UPDATE SET status = excluded.status, \
        failure_reason = excluded.failure_reason, updated_at = excluded.updated_at, \
        last_position = excluded.last_position";
 const INSERT_FEEDBACK: &str = "INSERT INTO problem_feedback \
@@ -704,7 +705,22 @@ impl Projection for ProblemsProjection {
         conn: &mut PgConnection,
         events: &[RecordedEvent],
     ) -> Result<(), ProjectionError> {
-        let decoded: Vec<ProblemEvent> = events.iter().map(decode).collect::<Result<_, _>>()?;
+        for (tenant, events) in by_tenant(events) {
+            Self::apply_tenant(conn, tenant, &events).await?;
+        }
+        Ok(())
+    }
+}
+
+impl ProblemsProjection {
+    /// Applies one tenant's events of a batch (problem and child ids are unique per tenant).
+    async fn apply_tenant(
+        conn: &mut PgConnection,
+        tenant: &str,
+        events: &[&RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        let decoded: Vec<ProblemEvent> =
+            events.iter().map(|e| decode(e)).collect::<Result<_, _>>()?;
         let (mut problems, mut plans, mut deliverables) = (Vec::new(), Vec::new(), Vec::new());
         for e in &decoded {
             problems.push(problem_of(e));
@@ -727,13 +743,15 @@ impl Projection for ProblemsProjection {
             ids.dedup();
         }
         let mut fold = Fold::default();
-        for r in load_rows::<_, ProblemRow>(conn, LOAD_PROBLEMS, problems).await? {
+        for r in load_rows::<_, ProblemRow>(conn, LOAD_PROBLEMS, tenant, problems).await? {
             fold.problems.insert(r.problem_id, r);
         }
-        for r in load_rows::<_, PlanRow>(conn, LOAD_PLANS, plans).await? {
+        for r in load_rows::<_, PlanRow>(conn, LOAD_PLANS, tenant, plans).await? {
             fold.plans.insert(r.plan_id, r);
         }
-        for r in load_rows::<_, DeliverableRow>(conn, LOAD_DELIVERABLES, deliverables).await? {
+        for r in
+            load_rows::<_, DeliverableRow>(conn, LOAD_DELIVERABLES, tenant, deliverables).await?
+        {
             fold.deliverables.insert(r.deliverable_id, r);
         }
         for (event, e) in events.iter().zip(&decoded) {

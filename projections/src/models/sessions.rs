@@ -29,19 +29,19 @@ use uuid::Uuid;
 
 pub mod reads;
 
-use super::{decode, fit, json, load_rows, num, ts, version, write_rows};
+use super::{by_tenant, decode, fit, json, load_rows, num, ts, version, write_rows};
 use crate::projection::{Projection, ProjectionError};
 
 /// Sessions touched by a batch, whole; money as text so that no digit goes through a float.
 const LOAD_SESSIONS: &str = "SELECT to_jsonb(s) || jsonb_build_object( \
        'token_cost', s.token_cost::text, 'estimated_cost', s.estimated_cost::text, \
        'max_cost_limit', s.max_cost_limit::text) \
-     FROM agent_sessions s WHERE s.session_id = ANY($1)";
-const LOAD_PERSONAS: &str =
-    "SELECT to_jsonb(p) FROM agent_session_personas p WHERE p.session_id = ANY($1)";
+     FROM agent_sessions s WHERE s.session_id = ANY($1) AND s.tenant_id = $2";
+const LOAD_PERSONAS: &str = "SELECT to_jsonb(p) FROM agent_session_personas p \
+     WHERE p.session_id = ANY($1) AND p.tenant_id = $2";
 const UPSERT_SESSIONS: &str = "INSERT INTO agent_sessions \
        SELECT * FROM jsonb_populate_recordset(NULL::agent_sessions, $1) \
-     ON CONFLICT (session_id) DO UPDATE SET tenant_id = excluded.tenant_id, \
+     ON CONFLICT (tenant_id, session_id) DO UPDATE SET \
        user_ref = excluded.user_ref, agent_type = excluded.agent_type, \
        agent_config = excluded.agent_config, status = excluded.status, \
        token_cost = excluded.token_cost, tokens_used = excluded.tokens_used, \
@@ -54,8 +54,8 @@ const UPSERT_SESSIONS: &str = "INSERT INTO agent_sessions \
        last_position = excluded.last_position";
 const UPSERT_PERSONAS: &str = "INSERT INTO agent_session_personas \
        SELECT * FROM jsonb_populate_recordset(NULL::agent_session_personas, $1) \
-     ON CONFLICT (session_id, persona_id, activated_position) DO UPDATE \
-     SET tenant_id = excluded.tenant_id, activation_trigger = excluded.activation_trigger, \
+     ON CONFLICT (tenant_id, session_id, persona_id, activated_position) DO UPDATE \
+     SET activation_trigger = excluded.activation_trigger, \
        activated_at = excluded.activated_at, deactivated_at = excluded.deactivated_at, \
        is_active = excluded.is_active, last_position = excluded.last_position";
 /// Adds each user's sums; a user's row is created by their first session. A user without a
@@ -480,16 +480,30 @@ impl Projection for AgentSessionsProjection {
         conn: &mut PgConnection,
         events: &[RecordedEvent],
     ) -> Result<(), ProjectionError> {
+        for (tenant, events) in by_tenant(events) {
+            Self::apply_tenant(conn, tenant, &events).await?;
+        }
+        Ok(())
+    }
+}
+
+impl AgentSessionsProjection {
+    /// Applies one tenant's events of a batch (session ids are unique per tenant).
+    async fn apply_tenant(
+        conn: &mut PgConnection,
+        tenant: &str,
+        events: &[&RecordedEvent],
+    ) -> Result<(), ProjectionError> {
         let decoded: Vec<AgentSessionEvent> =
-            events.iter().map(decode).collect::<Result<_, _>>()?;
+            events.iter().map(|e| decode(e)).collect::<Result<_, _>>()?;
         let mut ids: Vec<Uuid> = decoded.iter().map(session_of).collect();
         ids.sort_unstable();
         ids.dedup();
         let mut fold = Fold::default();
-        for row in load_rows::<_, SessionRow>(conn, LOAD_SESSIONS, ids.clone()).await? {
+        for row in load_rows::<_, SessionRow>(conn, LOAD_SESSIONS, tenant, ids.clone()).await? {
             fold.sessions.insert(row.session_id, row);
         }
-        for row in load_rows::<_, PersonaRow>(conn, LOAD_PERSONAS, ids).await? {
+        for row in load_rows::<_, PersonaRow>(conn, LOAD_PERSONAS, tenant, ids).await? {
             fold.personas.insert(
                 (
                     row.session_id,

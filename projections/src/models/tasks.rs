@@ -26,15 +26,17 @@ use uuid::Uuid;
 
 pub mod reads;
 
-use super::{decode, fit, load_rows, ts, version, write_rows};
+use super::{by_tenant, decode, fit, load_rows, ts, version, write_rows};
 use crate::projection::{Projection, ProjectionError};
 
 /// Tasks touched by a batch, whole.
-const LOAD_TASKS: &str = "SELECT to_jsonb(t) FROM tasks t WHERE t.task_id = ANY($1)";
+const LOAD_TASKS: &str =
+    "SELECT to_jsonb(t) FROM tasks t WHERE t.task_id = ANY($1) AND t.tenant_id = $2";
 /// Reminders of the tasks touched by a batch (a new schedule supersedes all of them).
-const LOAD_REMINDERS: &str = "SELECT to_jsonb(r) FROM task_reminders r WHERE r.task_id = ANY($1)";
+const LOAD_REMINDERS: &str =
+    "SELECT to_jsonb(r) FROM task_reminders r WHERE r.task_id = ANY($1) AND r.tenant_id = $2";
 const UPSERT_TASKS: &str = "INSERT INTO tasks SELECT * FROM jsonb_populate_recordset(NULL::tasks, $1) \
-     ON CONFLICT (task_id) DO UPDATE SET tenant_id = excluded.tenant_id, owner = excluded.owner, \
+     ON CONFLICT (tenant_id, task_id) DO UPDATE SET owner = excluded.owner, \
        title = excluded.title, description = excluded.description, due_date = excluded.due_date, \
        priority = excluded.priority, tags = excluded.tags, \
        reminder_config = excluded.reminder_config, recurrence = excluded.recurrence, \
@@ -45,8 +47,8 @@ const UPSERT_TASKS: &str = "INSERT INTO tasks SELECT * FROM jsonb_populate_recor
        version = excluded.version, last_position = excluded.last_position";
 const UPSERT_REMINDERS: &str = "INSERT INTO task_reminders \
        SELECT * FROM jsonb_populate_recordset(NULL::task_reminders, $1) \
-     ON CONFLICT (reminder_id) DO UPDATE SET task_id = excluded.task_id, \
-       tenant_id = excluded.tenant_id, owner = excluded.owner, \
+     ON CONFLICT (tenant_id, reminder_id) DO UPDATE SET task_id = excluded.task_id, \
+       owner = excluded.owner, \
        trigger_time = excluded.trigger_time, delivery_method = excluded.delivery_method, \
        destination = excluded.destination, status = excluded.status, \
        is_current = excluded.is_current, retry_count = excluded.retry_count, \
@@ -437,7 +439,21 @@ impl Projection for TasksProjection {
         conn: &mut PgConnection,
         events: &[RecordedEvent],
     ) -> Result<(), ProjectionError> {
-        let decoded: Vec<TaskEvent> = events.iter().map(decode).collect::<Result<_, _>>()?;
+        for (tenant, events) in by_tenant(events) {
+            Self::apply_tenant(conn, tenant, &events).await?;
+        }
+        Ok(())
+    }
+}
+
+impl TasksProjection {
+    /// Applies one tenant's events of a batch (task and reminder ids are unique per tenant).
+    async fn apply_tenant(
+        conn: &mut PgConnection,
+        tenant: &str,
+        events: &[&RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        let decoded: Vec<TaskEvent> = events.iter().map(|e| decode(e)).collect::<Result<_, _>>()?;
         let mut task_ids: Vec<Uuid> = Vec::new();
         let mut with_reminders: Vec<Uuid> = Vec::new();
         for e in &decoded {
@@ -464,10 +480,11 @@ impl Projection for TasksProjection {
         with_reminders.sort_unstable();
         with_reminders.dedup();
         let mut fold = Fold::default();
-        for row in load_rows::<_, TaskRow>(conn, LOAD_TASKS, task_ids).await? {
+        for row in load_rows::<_, TaskRow>(conn, LOAD_TASKS, tenant, task_ids).await? {
             fold.tasks.insert(row.task_id, row);
         }
-        for row in load_rows::<_, ReminderRow>(conn, LOAD_REMINDERS, with_reminders).await? {
+        for row in load_rows::<_, ReminderRow>(conn, LOAD_REMINDERS, tenant, with_reminders).await?
+        {
             fold.reminders.insert(row.reminder_id, row);
         }
         for (event, e) in events.iter().zip(&decoded) {

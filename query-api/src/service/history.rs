@@ -112,13 +112,14 @@ fn tampered(t: &event_store::Tampering) -> pb::TamperedEvent {
 }
 
 impl QueryService {
-    /// The stream, if it exists and belongs to `tenant`; its stream type.
+    /// `tenant`'s stream of that id, if it has one (ids are scoped to the tenant); its stream
+    /// type.
     async fn own_stream(&self, tenant: &str, raw: &str) -> Result<(StreamId, String), QueryError> {
         let stream =
             StreamId::new(raw).map_err(|e| QueryError::invalid("stream_id", e.to_string()))?;
-        match self.store.stream_head(&stream).await? {
-            Some(head) if head.tenant_id == tenant => Ok((stream, head.stream_type)),
-            _ => Err(QueryError::NotFound(format!("stream {raw}"))),
+        match self.store.stream_head(tenant, &stream).await? {
+            Some(head) => Ok((stream, head.stream_type)),
+            None => Err(QueryError::NotFound(format!("stream {raw}"))),
         }
     }
 
@@ -208,7 +209,8 @@ impl QueryService {
             positions.push(p.0);
         }
         let own: Vec<(i64, uuid::Uuid)> = sqlx::query_as(
-            "SELECT global_position, event_id FROM events               WHERE global_position = ANY($1) AND tenant_id = $2",
+            "SELECT global_position, event_id FROM events \
+              WHERE global_position = ANY($1) AND tenant_id = $2",
         )
         .bind(&positions)
         .bind(tenant)
@@ -315,6 +317,7 @@ impl HistoryQueries for QueryService {
                         .service
                         .store
                         .read_stream(
+                            &c.principal.tenant,
                             &stream,
                             from,
                             Direction::Forward,
@@ -455,7 +458,7 @@ impl HistoryQueries for QueryService {
                             Some(pb::verify_integrity_request::Scope::StreamId(raw)),
                         ) => {
                             let (stream, _) = c.service.own_stream(tenant, raw).await?;
-                            c.service.store.verify_stream(&stream).await?
+                            c.service.store.verify_stream(tenant, &stream).await?
                         }
                         // Validation let through a range or a stream id only.
                         (Plan::Stream, _) => {
