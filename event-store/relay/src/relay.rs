@@ -260,14 +260,7 @@ impl Relay {
                     .await
                     .map_err(|_| RelayError::Kafka(KafkaError::Canceled))?;
                 if let Err((err, _)) = outcome {
-                    self.stats.produce_errors.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("annals_relay_produce_errors_total").increment(1);
-                    if matches!(err.rdkafka_error_code(), Some(RDKafkaErrorCode::Fatal))
-                        || producer.client().fatal_error().is_some()
-                    {
-                        tracing::error!(error = %err, "fatal producer error; recreating the producer");
-                    }
-                    return Err(RelayError::Kafka(err));
+                    return Err(self.produce_failed(&producer, err));
                 }
             }
 
@@ -312,13 +305,28 @@ impl Relay {
                     } else {
                         let oldest = pending.remove(0);
                         if let Ok(Err((err, _))) = oldest.await {
-                            return Err(RelayError::Kafka(err));
+                            return Err(self.produce_failed(producer, err));
                         }
                     }
                 }
-                Err((err, _)) => return Err(RelayError::Kafka(err)),
+                // Refused at once (e.g. a producer already in its fatal state): a produce
+                // error like a failed delivery, counted the same way.
+                Err((err, _)) => return Err(self.produce_failed(producer, err)),
             }
         }
+    }
+
+    /// Counts a failed produce (at hand-over or at delivery) and says whether the producer must
+    /// be rebuilt; the caller ends the term with the returned error.
+    fn produce_failed(&self, producer: &FutureProducer, err: KafkaError) -> RelayError {
+        self.stats.produce_errors.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("annals_relay_produce_errors_total").increment(1);
+        if matches!(err.rdkafka_error_code(), Some(RDKafkaErrorCode::Fatal))
+            || producer.client().fatal_error().is_some()
+        {
+            tracing::error!(error = %err, "fatal producer error; recreating the producer");
+        }
+        RelayError::Kafka(err)
     }
 
     async fn ensure_topics(
