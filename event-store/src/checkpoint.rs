@@ -29,10 +29,10 @@ use crate::chain::{
     self, Frontier, leaf_hash, node_hash, peaks, read_nodes, to_hash, to_i64, to_u64,
 };
 use crate::error::StoreError;
-use crate::hash::{GENESIS, event_hash};
 use crate::store::{EventStore, decode_event, event_columns};
 use crate::types::Position;
-use crate::verify::{TamperKind, Tampering};
+use crate::verify::Tampering;
+use crate::verify_range::Link;
 
 /// Fixed-size byte arrays as lowercase hex strings in JSON.
 pub(crate) mod hex_bytes {
@@ -369,13 +369,6 @@ pub struct ChainReport {
 
 const PAGE: i64 = 2_000;
 
-/// Per-stream progress of the recomputation.
-struct StreamLink {
-    next_version: u64,
-    prev: [u8; 32],
-    failed: bool,
-}
-
 impl EventStore {
     /// Signs the current sealed head with `key`, stores the checkpoint and returns it (it is
     /// the caller's to publish).
@@ -451,7 +444,7 @@ impl EventStore {
         let mut rec = Recomputed::default();
         let mut stored = StoredLeaves::default();
         // Streams are (tenant, stream id): ids are unique per tenant only.
-        let mut links: HashMap<(String, String), StreamLink> = HashMap::new();
+        let mut links: HashMap<(String, String), Link> = HashMap::new();
         let mut streams_broken = Vec::new();
         let mut after = i64::MIN;
         loop {
@@ -466,32 +459,8 @@ impl EventStore {
                 let event = decode_event(row)?;
                 let link = links
                     .entry((event.tenant_id.clone(), event.stream_id.clone()))
-                    .or_insert(StreamLink {
-                        next_version: 1,
-                        prev: GENESIS,
-                        failed: false,
-                    });
-                let kind = if event.stream_version != link.next_version {
-                    Some(TamperKind::MissingVersions {
-                        expected: link.next_version,
-                    })
-                } else if event_hash(&link.prev, &event) != event.hash {
-                    Some(TamperKind::HashMismatch)
-                } else {
-                    None
-                };
-                if let (Some(kind), false) = (kind, link.failed) {
-                    link.failed = true;
-                    streams_broken.push(Tampering {
-                        tenant_id: event.tenant_id.clone(),
-                        stream_id: event.stream_id.clone(),
-                        global_position: Some(event.global_position),
-                        stream_version: Some(event.stream_version),
-                        kind,
-                    });
-                }
-                link.prev = event.hash;
-                link.next_version = event.stream_version + 1;
+                    .or_insert_with(Link::from_start);
+                streams_broken.extend(link.step(&event));
                 rec.push(
                     event.global_position,
                     leaf_hash(event.global_position, &event.hash),

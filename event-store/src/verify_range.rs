@@ -26,11 +26,48 @@ fn key_of(event: &RecordedEvent) -> StreamKey {
     (event.tenant_id.clone(), event.stream_id.clone())
 }
 
-/// Per-stream progress through the range.
-struct Link {
+/// Per-stream progress of a walk in position order (this range check and the checkpoint
+/// verifier): the version and predecessor hash the stream's next event must have.
+pub(crate) struct Link {
     next_version: u64,
     prev: [u8; 32],
     failed: bool,
+}
+
+impl Link {
+    /// A stream walked from its first event.
+    pub(crate) fn from_start() -> Self {
+        Self {
+            next_version: 1,
+            prev: GENESIS,
+            failed: false,
+        }
+    }
+
+    /// Checks `event` against the stream so far; the stream's first finding only. Continues
+    /// from the stored values, so that one bad row is reported, not its successors.
+    pub(crate) fn step(&mut self, event: &RecordedEvent) -> Option<Tampering> {
+        let kind = if event.stream_version != self.next_version {
+            Some(TamperKind::MissingVersions {
+                expected: self.next_version,
+            })
+        } else if event_hash(&self.prev, event) != event.hash {
+            Some(TamperKind::HashMismatch)
+        } else {
+            None
+        };
+        self.prev = event.hash;
+        self.next_version = event.stream_version + 1;
+        let kind = kind.filter(|_| !self.failed)?;
+        self.failed = true;
+        Some(Tampering {
+            tenant_id: event.tenant_id.clone(),
+            stream_id: event.stream_id.clone(),
+            global_position: Some(event.global_position),
+            stream_version: Some(event.stream_version),
+            kind,
+        })
+    }
 }
 
 impl EventStore {
@@ -83,29 +120,7 @@ impl EventStore {
                 let Some(link) = links.get_mut(&key_of(event)) else {
                     continue;
                 };
-                let kind = if event.stream_version != link.next_version {
-                    Some(TamperKind::MissingVersions {
-                        expected: link.next_version,
-                    })
-                } else if event_hash(&link.prev, event) != event.hash {
-                    Some(TamperKind::HashMismatch)
-                } else {
-                    None
-                };
-                if let (Some(kind), false) = (kind, link.failed) {
-                    link.failed = true;
-                    report.tampered.push(Tampering {
-                        tenant_id: event.tenant_id.clone(),
-                        stream_id: event.stream_id.clone(),
-                        global_position: Some(event.global_position),
-                        stream_version: Some(event.stream_version),
-                        kind,
-                    });
-                }
-                // Continue from the stored values so that one bad row is reported, not its
-                // successors.
-                link.prev = event.hash;
-                link.next_version = event.stream_version + 1;
+                report.tampered.extend(link.step(event));
             }
             match events.last() {
                 Some(e) if events.len() as i64 == PAGE => after = e.global_position.0,
