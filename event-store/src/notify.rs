@@ -7,6 +7,9 @@
 //! subscribers on [`crate::NOTIFY_CHANNEL`] after its appends; projection runners use their
 //! own waker to announce committed batches. Listeners only use notifications as wake-ups and
 //! re-read on their own, so a wake-up lost to a crash delays an answer, it never loses data.
+//! For the same reason a wake-up commits asynchronously (`synchronous_commit` off for its own
+//! transaction): `pg_notify` gives the transaction an xid, and a durable commit would cost a
+//! WAL flush per wake-up, as much as the appends it announces.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -75,7 +78,7 @@ async fn send_wake_ups(
     loop {
         pending.wake.notified().await;
         let closing = pending.closed.load(Ordering::Acquire);
-        match sqlx::query("SELECT pg_notify($1, $2)")
+        match sqlx::query("SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, $2)")
             .bind(channel)
             .bind(&*payload)
             .execute(&pool)

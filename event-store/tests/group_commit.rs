@@ -6,8 +6,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use event_store::{
-    AppendBatch, AppendResult, EventStore, ExpectedVersion, GroupCommitOptions, MIGRATOR, Metadata,
-    NewEvent, Position, StoreError, StreamId,
+    AppendBatch, AppendResult, Direction, EventStore, ExpectedVersion, GroupCommitOptions,
+    MIGRATOR, Metadata, NewEvent, Position, StoreError, StreamId,
 };
 use serde_json::json;
 use sqlx::PgPool;
@@ -796,4 +796,215 @@ async fn a_restored_store_refuses_to_append_until_positions_are_rebased(pool: Pg
         .await
         .unwrap();
     assert!(later.events[0].global_position > after.events[0].global_position);
+}
+
+/// One call of `annals_append_group` as the group writer makes it, for the item under test and,
+/// when `filler` is set, a second item appending to a stream of its own: a lone item on one
+/// stream takes the function's one-item path, a group of two its general path.
+struct Call<'a> {
+    tenant: &'a str,
+    command_id: Option<Uuid>,
+    fingerprint: [u8; 32],
+    stream: &'a str,
+    stream_type: &'a str,
+    expected: i64,
+    events: usize,
+    filler: Option<&'a str>,
+}
+
+/// (status, first position, versions, detail) of the item under test.
+type Outcome = (
+    i32,
+    Option<i64>,
+    Option<Vec<i64>>,
+    Option<serde_json::Value>,
+);
+
+async fn call_group(pool: &PgPool, call: &Call<'_>) -> Outcome {
+    let metadata = json!({ "tenant_id": call.tenant, "actor": "user-1" }).to_string();
+    let mut it_command_ids = vec![call.command_id];
+    let mut it_fingerprints = vec![call.fingerprint.to_vec()];
+    let mut it_tenants = vec![call.tenant];
+    let mut it_metadata = vec![metadata.as_str()];
+    let (mut en_item, mut en_slot) = (vec![1], vec![1]);
+    let mut en_type = vec![call.stream_type];
+    let mut en_expected = vec![call.expected];
+    let mut en_count = vec![i32::try_from(call.events).unwrap()];
+    let mut slot_stream = vec![call.stream];
+    let n = call.events + usize::from(call.filler.is_some());
+    let ev_ids: Vec<Uuid> = (0..n).map(|_| Uuid::new_v4()).collect();
+    let ev_types = vec!["test.happened"; n];
+    let ev_schema_versions = vec![1; n];
+    let ev_payloads: Vec<String> = (0..n).map(|i| json!({ "i": i }).to_string()).collect();
+    if let Some(filler) = call.filler {
+        it_command_ids.push(None);
+        it_fingerprints.push(vec![0; 32]);
+        it_tenants.push(call.tenant);
+        it_metadata.push(metadata.as_str());
+        en_item.push(2);
+        en_slot.push(2);
+        en_type.push("test");
+        en_expected.push(0);
+        en_count.push(1);
+        slot_stream.push(filler);
+    }
+    let row: (i32, Option<i64>, Option<Vec<i64>>, Option<String>) = sqlx::query_as(
+        "SELECT r_status, r_first_position, r_versions, r_detail \
+           FROM annals_append_group($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+          WHERE r_item = 1",
+    )
+    .bind(&it_command_ids)
+    .bind(&it_fingerprints)
+    .bind(&it_tenants)
+    .bind(&it_metadata)
+    .bind(&en_item)
+    .bind(&en_slot)
+    .bind(&en_type)
+    .bind(&en_expected)
+    .bind(&en_count)
+    .bind(&slot_stream)
+    .bind(&ev_ids)
+    .bind(&ev_types)
+    .bind(&ev_schema_versions)
+    .bind(&ev_payloads)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let detail = row.3.map(|d| serde_json::from_str(&d).unwrap());
+    (row.0, row.1, row.2, detail)
+}
+
+/// What of an outcome does not depend on the tenant: positions and event ids are the store's.
+fn comparable(outcome: &Outcome) -> (i32, Option<Vec<i64>>, serde_json::Value) {
+    let detail = match (&outcome.0, &outcome.3) {
+        // A replay: the original events' versions, in order.
+        (1, Some(d)) => json!(
+            d["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["stream_version"].clone())
+                .collect::<Vec<_>>()
+        ),
+        (_, Some(d)) => d.clone(),
+        (_, None) => serde_json::Value::Null,
+    };
+    (outcome.0, outcome.2.clone(), detail)
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_lone_append_and_a_group_decide_alike(pool: PgPool) {
+    // The same sequence of appends, item by item, in two tenants: alone (the function's one-item
+    // path) and each sharing its call with an unrelated append (the general path).
+    let c1 = Uuid::new_v4();
+    let c2 = Uuid::new_v4();
+    let c3 = Uuid::new_v4();
+    let steps: Vec<(&str, Option<Uuid>, u8, &str, &str, i64, usize, i32)> = vec![
+        // (what, command id, fingerprint byte, stream, type, expected, events, expected status)
+        ("create with two events", Some(c1), 1, "s1", "test", 0, 2, 0),
+        ("append at the head", Some(c2), 2, "s1", "test", 2, 1, 0),
+        ("stale expected version", Some(c3), 3, "s1", "test", 2, 1, 2),
+        (
+            "retry of an appended command",
+            Some(c2),
+            2,
+            "s1",
+            "test",
+            2,
+            1,
+            1,
+        ),
+        (
+            "command id reused for another request",
+            Some(c2),
+            9,
+            "s1",
+            "test",
+            3,
+            1,
+            3,
+        ),
+        ("stream of another type", None, 0, "s1", "other", -1, 1, 4),
+        (
+            "create of an existing stream",
+            None,
+            0,
+            "s1",
+            "test",
+            0,
+            1,
+            2,
+        ),
+        (
+            "any version, new stream, no command id",
+            None,
+            0,
+            "s2",
+            "test",
+            -1,
+            3,
+            0,
+        ),
+        (
+            "any version on an existing stream",
+            None,
+            0,
+            "s2",
+            "test",
+            -1,
+            1,
+            0,
+        ),
+        (
+            "retry of the first command",
+            Some(c1),
+            1,
+            "s1",
+            "test",
+            0,
+            2,
+            1,
+        ),
+    ];
+    for (n, (what, command_id, fp, stream, stream_type, expected, events, status)) in
+        steps.into_iter().enumerate()
+    {
+        let filler_name = format!("filler-{n}");
+        let mut outcomes = Vec::new();
+        for (tenant, filler) in [("lone", None), ("grouped", Some(filler_name.as_str()))] {
+            let call = Call {
+                tenant,
+                command_id,
+                fingerprint: [fp; 32],
+                stream,
+                stream_type,
+                expected,
+                events,
+                filler,
+            };
+            outcomes.push(call_group(&pool, &call).await);
+        }
+        assert_eq!(outcomes[0].0, status, "{what}: {:?}", outcomes[0]);
+        assert_eq!(
+            comparable(&outcomes[0]),
+            comparable(&outcomes[1]),
+            "{what}: the one-item path and the general path differ"
+        );
+        assert_eq!(outcomes[0].1.is_some(), status == 0, "{what}");
+    }
+
+    // Both paths chained their events alike: every stream of both tenants verifies.
+    let store = EventStore::new(pool.clone());
+    let report = store.verify_all().await.unwrap();
+    assert!(report.is_intact(), "{:?}", report.tampered);
+    assert_eq!(report.streams_checked, 2 + 2 + 10);
+    for tenant in ["lone", "grouped"] {
+        for (stream, version) in [("s1", 3_u64), ("s2", 4)] {
+            let events = store
+                .read_stream(tenant, &sid(stream), 1, Direction::Forward, 100)
+                .await
+                .unwrap();
+            assert_eq!(events.len() as u64, version, "{tenant}/{stream}");
+        }
+    }
 }
