@@ -7,7 +7,9 @@
 //! `annals_append_group`: one round trip, one transaction, one commit flush for the whole group.
 //! While a group is in flight ([`GroupCommitOptions::max_in_flight`] of them at most), new
 //! appends queue and form the next group, so the busier the store, the larger the groups and the
-//! fewer commits per append.
+//! fewer commits per append. When nothing is queued and a group slot is free, an append skips
+//! the dispatcher and is sent as a group of one straight away (one task hand-over less on the
+//! path of a lone writer).
 //!
 //! **Each append keeps its own outcome.** The SQL function decides the items in queue order
 //! against in-memory stream heads and writes only the accepted ones, so a version conflict, a
@@ -122,6 +124,8 @@ pub(crate) struct GroupWriter {
     pool: PgPool,
     options: GroupCommitOptions,
     queue: std::sync::OnceLock<mpsc::UnboundedSender<Pending>>,
+    /// One permit per group in flight; the idle dispatcher holds one while it waits.
+    slots: Arc<Semaphore>,
     stats: Arc<Stats>,
     waker: Arc<Waker>,
 }
@@ -135,14 +139,16 @@ struct Stats {
 
 impl GroupWriter {
     pub(crate) fn new(pool: PgPool, options: GroupCommitOptions, waker: Arc<Waker>) -> Self {
+        let max_in_flight = options.max_in_flight.max(1);
         Self {
             pool,
             options: GroupCommitOptions {
-                max_in_flight: options.max_in_flight.max(1),
+                max_in_flight,
                 max_items: options.max_items.max(1),
                 ..options
             },
             queue: std::sync::OnceLock::new(),
+            slots: Arc::new(Semaphore::new(max_in_flight)),
             stats: Arc::default(),
             waker,
         }
@@ -162,6 +168,26 @@ impl GroupWriter {
         let (reply, outcome) = oneshot::channel();
         let mut pending = Pending { prepared, reply };
         if let Some(queue) = self.queue() {
+            // Nothing queued and a group slot free besides the one the idle dispatcher holds:
+            // this append is a group of its own, sent at once from a task of its own (the
+            // dispatcher would form the same group one task hand-over later). Spawned, not
+            // awaited in place, so that a caller that goes away cannot cut a commit short.
+            if self.stats.queued.load(Ordering::Relaxed) == 0
+                && let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned()
+            {
+                let (pool, stats, waker) = (
+                    self.pool.clone(),
+                    Arc::clone(&self.stats),
+                    Arc::clone(&self.waker),
+                );
+                tokio::spawn(async move {
+                    run_group(&pool, Group::start(pending), &stats, &waker).await;
+                    drop(slot);
+                });
+                return outcome
+                    .await
+                    .unwrap_or(Err(StoreError::Database(sqlx::Error::WorkerCrashed)));
+            }
             // Counted before sending: the dispatcher may take it at once.
             self.stats.queued.fetch_add(1, Ordering::Relaxed);
             match queue.send(pending) {
@@ -194,6 +220,7 @@ impl GroupWriter {
             runtime.spawn(dispatch(
                 self.pool.clone(),
                 self.options,
+                Arc::clone(&self.slots),
                 rx,
                 Arc::clone(&self.stats),
                 Arc::clone(&self.waker),
@@ -209,11 +236,11 @@ impl GroupWriter {
 async fn dispatch(
     pool: PgPool,
     options: GroupCommitOptions,
+    slots: Arc<Semaphore>,
     mut queue: mpsc::UnboundedReceiver<Pending>,
     stats: Arc<Stats>,
     waker: Arc<Waker>,
 ) {
-    let slots = Arc::new(Semaphore::new(options.max_in_flight));
     // Appends a group could not take (over a bound, or a command id already in the group): they
     // open the next group, ahead of the queue, so none waits more than its share.
     let mut deferred: VecDeque<Pending> = VecDeque::new();
