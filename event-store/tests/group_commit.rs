@@ -899,8 +899,18 @@ async fn a_lone_append_and_a_group_decide_alike(pool: PgPool) {
     let c1 = Uuid::new_v4();
     let c2 = Uuid::new_v4();
     let c3 = Uuid::new_v4();
-    let steps: Vec<(&str, Option<Uuid>, u8, &str, &str, i64, usize, i32)> = vec![
-        // (what, command id, fingerprint byte, stream, type, expected, events, expected status)
+    // (what, command id, fingerprint byte, stream, type, expected, events, expected status)
+    type Step = (
+        &'static str,
+        Option<Uuid>,
+        u8,
+        &'static str,
+        &'static str,
+        i64,
+        usize,
+        i32,
+    );
+    let steps: Vec<Step> = vec![
         ("create with two events", Some(c1), 1, "s1", "test", 0, 2, 0),
         ("append at the head", Some(c2), 2, "s1", "test", 2, 1, 0),
         ("stale expected version", Some(c3), 3, "s1", "test", 2, 1, 2),
