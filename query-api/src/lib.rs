@@ -6,7 +6,9 @@
 //! read models, history needs `admin` or `auditor`), validate, read the position the answer
 //! reflects and wait for `min_position` only when it is not reached ([`reader`]), then run the
 //! statements in one tenant-scoped, read-only session (`WHERE tenant_id = $1` on every
-//! statement, plus row-level security as a second wall) and commit. Lists are
+//! statement, plus row-level security as a second wall) and commit; GetTask and ListTasks
+//! first try one statement without a transaction that reads the position and the rows behind
+//! the second wall (`QueryService::lookup`). Lists are
 //! keyset-paginated with opaque tokens ([`cursor`]). History RPCs read the event store
 //! directly: events upcast through the aggregates' `from_stored`, state as of a version or
 //! instant folded by the store's fold loop ([`event_store::aggregate::load_until`]), and

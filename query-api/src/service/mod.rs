@@ -6,6 +6,9 @@
 //!   position read in the same statement, waiting for `min_position` only when it is not
 //!   reached yet ([`Reader::enter`]) -> the RPC's statements (one per kind of row: a get with
 //!   children is a fixed number of statements, never one per row) -> commit.
+//! - [`QueryService::lookup`] (GetTask, ListTasks): one statement that reads the position and
+//!   the rows behind the second wall, no transaction; [`QueryService::read`] when it finds no
+//!   row or the position is short of `min_position`.
 //! - [`QueryService::answer`] (history and streamed exports, which read the store or page on
 //!   their own): the same without the session: position reached ([`Reader::reach`]), then the
 //!   RPC's work.
@@ -194,11 +197,13 @@ impl QueryService {
         .await
     }
 
-    /// [`QueryService::read`] for a get by id with a one-round-trip attempt first: `fast` reads
-    /// the position and the row in one statement, behind the second wall without a
-    /// transaction (migration `20261202000300`), and answers when the row is there and the
-    /// position reached. Otherwise (missing row, position behind, a projection without stream
-    /// types) `work` answers through the tenant session as any RPC, waiting for `min_position`.
+    /// [`QueryService::read`] with a one-round-trip attempt first: `fast` reads the position
+    /// and the rows in one statement on a pooled connection in autocommit, behind the second
+    /// wall raised inside a PL/pgSQL function (migrations `20261202000300`, `20261202400200`),
+    /// and answers when it found rows and the position is reached. Otherwise (no row, so no
+    /// position to answer with; position behind; a projection without stream types) `work`
+    /// answers through the tenant session as any RPC, waiting for `min_position`. GetTask and
+    /// ListTasks, the hot reads, go this way.
     pub(crate) async fn lookup<M, V, T, F, G>(
         &self,
         rpc: &'static str,

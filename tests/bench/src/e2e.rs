@@ -17,7 +17,8 @@
 //!    sampled while it streams, and the growth over its RSS before the export is reported.
 //!
 //! A phase that fails is named in [`E2eResult::not_done`]; the phases before it keep their
-//! numbers.
+//! numbers. With [`Sizes::queries_only`] (suite `queries`) the run ends after phase 3 (and
+//! the peak RSS of phase 5).
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -91,8 +92,10 @@ pub struct LagRun {
 /// One query RPC under load.
 #[derive(Debug, Clone, Serialize)]
 pub struct QueryRun {
-    /// RPC and its shape.
+    /// The RPC's name exactly (`GetTask`, `ListTasks`): what the targets look rows up by.
     pub rpc: String,
+    /// What the requests asked for, e.g. `one of 5000 tasks` (shown beside the name).
+    pub shape: String,
     /// Concurrent clients.
     pub concurrency: usize,
     /// Rate and latency.
@@ -160,6 +163,9 @@ pub struct Sizes {
     pub lag_ops: u64,
     /// Audit rows to export.
     pub export_rows: u64,
+    /// Stop after the query phase (suite `queries`): the command levels only seed the tasks
+    /// the queries read; no lag, sustained-load or export phase.
+    pub queries_only: bool,
 }
 
 /// The server binaries.
@@ -448,6 +454,11 @@ pub async fn run(
             Err(e) => result.not_done.push(format!("query latency: {e:#}")),
         }
     }
+    if sizes.queries_only {
+        result.peak_rss = peak_rss(&stack);
+        stack.pool.close().await;
+        return Ok(result);
+    }
     let best = result
         .commands
         .iter()
@@ -474,13 +485,7 @@ pub async fn run(
         Ok(s) => result.sustained = Some(s),
         Err(e) => result.not_done.push(format!("sustained load: {e:#}")),
     }
-    result.peak_rss = [&stack.command, &stack.projections, &stack.query]
-        .into_iter()
-        .map(|s| ProcessRss {
-            process: s.name.into(),
-            peak_rss_mib: peak_rss_mib(s.pid()),
-        })
-        .collect();
+    result.peak_rss = peak_rss(&stack);
     eprintln!("   audit export of {} rows", sizes.export_rows);
     match export(&stack, sizes.export_rows).await {
         Ok(x) => result.export = Some(x),
@@ -488,6 +493,17 @@ pub async fn run(
     }
     stack.pool.close().await;
     Ok(result)
+}
+
+/// Peak RSS of each server process of `stack` so far.
+fn peak_rss(stack: &Stack) -> Vec<ProcessRss> {
+    [&stack.command, &stack.projections, &stack.query]
+        .into_iter()
+        .map(|s| ProcessRss {
+            process: s.name.into(),
+            peak_rss_mib: peak_rss_mib(s.pid()),
+        })
+        .collect()
 }
 
 /// Closed-loop `CreateTask` at one concurrency.
@@ -721,12 +737,14 @@ async fn queries(stack: &Stack, ops: u64) -> anyhow::Result<Vec<QueryRun>> {
     .context("ListTasks")?;
     Ok(vec![
         QueryRun {
-            rpc: format!("GetTask (one of {} tasks)", ids.len()),
+            rpc: "GetTask".into(),
+            shape: format!("one of {} tasks", ids.len()),
             concurrency,
             measurement: get,
         },
         QueryRun {
-            rpc: "ListTasks (first page of 50)".into(),
+            rpc: "ListTasks".into(),
+            shape: "first page of 50".into(),
             concurrency,
             measurement: list,
         },

@@ -18,7 +18,9 @@
 //!    process's peak RSS, and a streamed 1,000,000-row audit export with the query API's memory
 //!    growth; 60 s of `CreateTask` at full speed with the tasks projection's backlog sampled;
 //!    and, with Kafka, the same append-to-visible lag on a second stack whose projections
-//!    consume the relay's topics (see [`e2e`]).
+//!    consume the relay's topics (see [`e2e`]). Suite `queries` (not in the default list) runs
+//!    only the query phase after `CreateTask` at 64 has seeded the tasks it reads
+//!    (`--suites pgbench,queries` gives both sides of the `GetTask` target in about a minute).
 //! 4. **Kafka**: the outbox relay against a plain idempotent rdkafka producer on tansu.
 //!
 //! On a server without autovacuum, `ANALYZE` runs every 10 s in its place for every contender

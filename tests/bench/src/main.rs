@@ -37,7 +37,9 @@ struct Cli {
     /// Run a tiny profile (1/20 of quick) that only checks that every suite works.
     #[arg(long, conflicts_with_all = ["quick", "full"])]
     smoke: bool,
-    /// Suites to run, comma-separated: append, pgbench, batch, rebuild, e2e, kafka, trust.
+    /// Suites to run, comma-separated: append, pgbench, batch, rebuild, e2e, kafka, trust; and
+    /// `queries`, the query phases of e2e alone (after `CreateTask` at 64 to seed the tasks
+    /// read; not in the default list: e2e measures them).
     #[arg(
         long,
         value_delimiter = ',',
@@ -283,7 +285,8 @@ async fn main() -> anyhow::Result<()> {
         server.drop_db("rebuild").await;
     }
 
-    if wants("e2e") {
+    let queries_only = wants("queries") && !wants("e2e");
+    if wants("e2e") || queries_only {
         let bins = cli
             .bin_dir
             .clone()
@@ -297,16 +300,22 @@ async fn main() -> anyhow::Result<()> {
                 );
                 let options = server.fresh("e2e").await?;
                 let sizes = e2e::Sizes {
-                    levels: vec![(8, profile.e2e_ops(8)), (64, profile.e2e_ops(64))],
+                    levels: if queries_only {
+                        vec![(64, profile.e2e_ops(64))]
+                    } else {
+                        vec![(8, profile.e2e_ops(8)), (64, profile.e2e_ops(64))]
+                    },
                     query_ops: profile.query_ops(),
                     lag_ops: profile.lag_ops(),
                     export_rows: profile.export_rows(),
+                    queries_only,
                 };
                 match e2e::run(&bins, &options, &sizes).await {
                     Ok(mut r) => {
                         server.drop_db("e2e").await;
                         let rate = r.lag.as_ref().map_or(200.0, |l| l.target_rate);
                         match &cli.kafka_bootstrap {
+                            _ if queries_only => {}
                             Some(bootstrap) => {
                                 eprintln!(
                                     "   append-to-visible lag with Kafka as the source: {} commands at {rate:.0}/s",
