@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use sqlx::postgres::PgListener;
+use tokio::time::Instant;
 
 use crate::error::StoreError;
 use crate::store::EventStore;
@@ -20,10 +21,16 @@ pub struct SubscriptionOptions {
     /// notifications (e.g. across a reconnect); wake-ups normally come from NOTIFY.
     pub idle_recheck: Duration,
     /// Longest pause between reads while committed events are held back behind an open
-    /// transaction (the pause starts at 1 ms and doubles).
+    /// transaction (the pause starts at 1 ms and doubles). A notification on any channel
+    /// listened to ends the pause at once, so this only bounds how late the end of a holder
+    /// that sends none (e.g. the sealer's transactions) is noticed.
     pub max_held_back_pause: Duration,
     /// Only events of these stream types; all when `None`.
     pub stream_types: Option<Vec<String>>,
+    /// Further channels announcing commits of transactions that may hold events back (e.g. the
+    /// projection runners' progress channel): while held back, a notification on one of them
+    /// re-reads at once; while caught up they are ignored (they bring no new events).
+    pub holder_channels: Vec<String>,
 }
 
 impl Default for SubscriptionOptions {
@@ -31,8 +38,9 @@ impl Default for SubscriptionOptions {
         Self {
             batch_size: 500,
             idle_recheck: Duration::from_secs(5),
-            max_held_back_pause: Duration::from_millis(100),
+            max_held_back_pause: Duration::from_millis(20),
             stream_types: None,
+            holder_channels: Vec::new(),
         }
     }
 }
@@ -41,7 +49,9 @@ impl Default for SubscriptionOptions {
 ///
 /// Every committed event is delivered exactly once, in global order. When caught up it waits on
 /// `LISTEN` (no polling); the listener is set up before each read, so a commit between a read
-/// and the wait still wakes it.
+/// and the wait still wakes it. While events are held back behind an open transaction it waits
+/// for the next notification on any of its channels (an append's or a runner's commit is what
+/// usually ends the holder), re-reading after a short pause when none comes.
 #[derive(Debug)]
 pub struct Subscription {
     store: EventStore,
@@ -76,6 +86,9 @@ impl Subscription {
             if self.listener.is_none() {
                 let mut listener = PgListener::connect_with(self.store.pool()).await?;
                 listener.listen(NOTIFY_CHANNEL).await?;
+                for channel in &self.options.holder_channels {
+                    listener.listen(channel).await?;
+                }
                 self.listener = Some(listener);
             }
             let batch = match &self.options.stream_types {
@@ -94,28 +107,48 @@ impl Subscription {
                 self.after = last.global_position;
                 return Ok(batch.events);
             }
-            if batch.held_back {
+            let held_back = batch.held_back;
+            let wait = if held_back {
                 // An older transaction is still open; its end sends no notification when it
-                // did not append, so re-read after a short, growing pause.
-                tokio::time::sleep(pause).await;
+                // neither appended nor committed a projection batch, so re-read after a short,
+                // growing pause at the latest.
+                let wait = pause;
                 pause = (pause * 2).min(self.options.max_held_back_pause);
-                continue;
-            }
-            pause = Duration::from_millis(1);
+                wait
+            } else {
+                pause = Duration::from_millis(1);
+                self.options.idle_recheck
+            };
             let Some(listener) = self.listener.as_mut() else {
                 continue;
             };
-            match tokio::time::timeout(self.options.idle_recheck, listener.recv()).await {
-                Ok(Ok(_)) => {
-                    // One read serves every wake-up already buffered.
-                    while listener.next_buffered().is_some() {}
-                }
-                Ok(Err(err)) => {
-                    tracing::warn!(error = %err, "subscription listener failed; reconnecting");
-                    self.listener = None;
-                }
-                Err(_elapsed) => {}
+            if let Err(err) = wait_for_wake_up(listener, held_back, wait).await {
+                tracing::warn!(error = %err, "subscription listener failed; reconnecting");
+                self.listener = None;
             }
+        }
+    }
+}
+
+/// Waits at most `wait` for a notification that calls for a re-read: any one while `held_back`,
+/// one on [`NOTIFY_CHANNEL`] otherwise (other channels only announce ends of holders). One
+/// read serves every wake-up already buffered, so those are drained.
+async fn wait_for_wake_up(
+    listener: &mut PgListener,
+    held_back: bool,
+    wait: Duration,
+) -> Result<(), sqlx::Error> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let Ok(notification) = tokio::time::timeout_at(deadline, listener.recv()).await else {
+            return Ok(());
+        };
+        let mut wakes = notification?.channel() == NOTIFY_CHANNEL || held_back;
+        while let Some(n) = listener.next_buffered() {
+            wakes |= n.channel() == NOTIFY_CHANNEL;
+        }
+        if wakes {
+            return Ok(());
         }
     }
 }

@@ -68,6 +68,9 @@ impl StoreSource {
             options: SubscriptionOptions {
                 batch_size,
                 stream_types: stream_types.map(|t| t.iter().map(|s| (*s).to_owned()).collect()),
+                // Other runners' batch transactions are the usual holders besides appends
+                // (they write, so they have xids): their commits end a held-back wait at once.
+                holder_channels: vec![crate::runner::PROGRESS_CHANNEL.to_owned()],
                 ..SubscriptionOptions::default()
             },
             subscription: None,
@@ -115,7 +118,9 @@ pub struct KafkaSourceConfig {
     pub group_id: String,
     /// Most messages per batch.
     pub batch_size: usize,
-    /// How long to gather a batch once a first message arrived.
+    /// How long to gather a batch once a first message arrived. Zero (the default) takes only
+    /// what the consumer already holds: a lone event is applied at once, and under load the
+    /// messages that arrive while a batch is applied form the next, larger batch.
     pub batch_linger: Duration,
     /// After this long without a message, `next_batch` returns an empty batch so that the
     /// runner reconciles with the store.
@@ -132,7 +137,7 @@ impl KafkaSourceConfig {
             topic_prefix: "annals.".into(),
             group_id: format!("annals.projections.{projection}"),
             batch_size: 500,
-            batch_linger: Duration::from_millis(20),
+            batch_linger: Duration::ZERO,
             idle_timeout: Duration::from_secs(5),
             extra: Vec::new(),
         }
@@ -193,6 +198,11 @@ impl KafkaSource {
             .set("heartbeat.interval.ms", "500")
             .set("topic.metadata.refresh.interval.ms", "1000")
             .set("allow.auto.create.topics", "false")
+            // How long the broker may hold a fetch. A broker answers as soon as it has data
+            // (`fetch.min.bytes` 1), but tansu 0.6 pauses each fetch for half this time even
+            // with data in hand (librdkafka's default 500 ms meant ~250 ms per hop); 10 ms
+            // bounds that pause at the cost of ~100 empty fetches/s per idle consumer.
+            .set("fetch.wait.max.ms", "10")
             // Cooperative rebalancing: a member keeps the partitions it still owns instead of
             // having all of them revoked and reassigned on every membership change.
             .set("partition.assignment.strategy", "cooperative-sticky");

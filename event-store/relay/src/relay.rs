@@ -85,7 +85,9 @@ impl RelayConfig {
         // Bounded delivery: a message the broker never acknowledges fails the batch, which is
         // then republished from the checkpoint.
         config.set("message.timeout.ms", "30000");
-        config.set("linger.ms", "5");
+        // A lone event is sent after at most 1 ms; under load librdkafka still gathers the
+        // messages queued while a request is in flight into one request.
+        config.set("linger.ms", "1");
         for (k, v) in &self.kafka {
             config.set(k, v);
         }

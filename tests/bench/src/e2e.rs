@@ -7,8 +7,9 @@
 //! 2. Projections catch up (bounded wait).
 //! 3. Query latency: `GetTask` of stored tasks and `ListTasks` (first page of 50) at
 //!    concurrency 8.
-//! 4. Append-to-visible lag at half the best command rate (open loop at a fixed rate): the time
-//!    from a command's reply to the first `GetTask` with that reply's position as
+//! 4. Append-to-visible lag (open loop at a fixed rate), at [`FIXED_LAG_RATE`] (the issue's
+//!    figure for half load, a rate this machine carries) and at half the best command rate: the
+//!    time from a command's reply to the first `GetTask` with that reply's position as
 //!    `min_position` that answers (the query API waits server-side, bounded; the client retries
 //!    `UNAVAILABLE` until its own bound).
 //! 5. Peak RSS (VmHWM) of each server process after phases 1–4.
@@ -55,6 +56,12 @@ const VISIBLE_BOUND: Duration = Duration::from_secs(120);
 /// in itself: the achieved rate falls below the target).
 const LAG_MAX_IN_FLIGHT: usize = 512;
 
+/// The fixed rate of the first lag row, commands/s: issue 13's figure for "half load". Half
+/// the best closed-loop rate (the second row) overloads a 2-core machine that also runs the
+/// three servers, Postgres and the client, so its lag is mostly queueing; at this rate the
+/// lag shows the wake-up chain itself.
+pub const FIXED_LAG_RATE: f64 = 312.0;
+
 /// How long commands run at full speed while the projection lag is watched.
 pub const SUSTAINED: Duration = Duration::from_secs(60);
 
@@ -81,7 +88,7 @@ pub struct CommandRun {
 /// Append-to-visible lag at a fixed command rate.
 #[derive(Debug, Clone, Serialize)]
 pub struct LagRun {
-    /// Commands per second asked for (half the best closed-loop rate).
+    /// Commands per second asked for ([`FIXED_LAG_RATE`] or half the best closed-loop rate).
     pub target_rate: f64,
     /// The commands as sent: achieved rate and command latency.
     pub commands: Measurement,
@@ -137,10 +144,14 @@ pub struct E2eResult {
     pub server_pool_size: u32,
     /// Query latencies.
     pub queries: Vec<QueryRun>,
-    /// Append-to-visible lag at half load.
+    /// Append-to-visible lag at [`FIXED_LAG_RATE`].
+    pub lag_fixed: Option<LagRun>,
+    /// Append-to-visible lag at half the best command rate.
     pub lag: Option<LagRun>,
-    /// The same lag with Kafka as the projections' source (a second stack, see
-    /// [`kafka_lag`]).
+    /// The lag at [`FIXED_LAG_RATE`] with Kafka as the projections' source (a second stack,
+    /// see [`kafka_lag`]).
+    pub kafka_lag_fixed: Option<LagRun>,
+    /// The same lag with Kafka as the projections' source, at half the best command rate.
     pub kafka_lag: Option<LagRun>,
     /// Commands at full speed for [`SUSTAINED`] while the tasks projection's lag is sampled.
     pub sustained: Option<Sustained>,
@@ -159,8 +170,14 @@ pub struct Sizes {
     pub levels: Vec<(usize, u64)>,
     /// Operations per query RPC.
     pub query_ops: u64,
-    /// Commands in the lag phase.
+    /// Commands in each lag phase.
     pub lag_ops: u64,
+    /// Only the lag phases (no closed-loop, query, sustained or export phases): for measuring
+    /// the wake-up chain without the rest of the suite.
+    pub lag_only: bool,
+    /// Rate of the second lag row instead of half the best closed-loop rate (needed with
+    /// `lag_only`, which measures no closed-loop rate; that row is skipped without it).
+    pub half_rate: Option<f64>,
     /// Audit rows to export.
     pub export_rows: u64,
     /// Stop after the query phase (suite `queries`): the command levels only seed the tasks
@@ -419,14 +436,17 @@ pub async fn run(
         commands: Vec::new(),
         server_pool_size: pool_size,
         queries: Vec::new(),
+        lag_fixed: None,
         lag: None,
+        kafka_lag_fixed: None,
         kafka_lag: None,
         sustained: None,
         peak_rss: Vec::new(),
         export: None,
         not_done: Vec::new(),
     };
-    for &(concurrency, ops) in &sizes.levels {
+    let levels: &[(usize, u64)] = if sizes.lag_only { &[] } else { &sizes.levels };
+    for &(concurrency, ops) in levels {
         eprintln!("   CreateTask at concurrency {concurrency}: {ops} commands");
         match commands(&stack, concurrency, ops).await {
             Ok(measurement) => result.commands.push(CommandRun {
@@ -444,7 +464,7 @@ pub async fn run(
             .not_done
             .push(format!("projections did not catch up: {e:#}"));
     }
-    if caught_up.is_ok() {
+    if caught_up.is_ok() && !sizes.lag_only {
         eprintln!(
             "   queries: GetTask and ListTasks, {} each",
             sizes.query_ops
@@ -464,8 +484,17 @@ pub async fn run(
         .iter()
         .map(|c| c.measurement.ops_per_sec)
         .fold(0.0, f64::max);
-    if best > 0.0 {
-        let rate = best / 2.0;
+    eprintln!(
+        "   append-to-visible lag: {} commands at {FIXED_LAG_RATE:.0}/s",
+        sizes.lag_ops
+    );
+    match lag(&stack, FIXED_LAG_RATE, sizes.lag_ops).await {
+        Ok(l) => result.lag_fixed = Some(l),
+        Err(e) => result.not_done.push(format!(
+            "append-to-visible lag at {FIXED_LAG_RATE:.0}/s: {e:#}"
+        )),
+    }
+    if let Some(rate) = sizes.half_rate.or((best > 0.0).then_some(best / 2.0)) {
         eprintln!(
             "   append-to-visible lag: {} commands at {rate:.0}/s",
             sizes.lag_ops
@@ -474,8 +503,13 @@ pub async fn run(
             Ok(l) => result.lag = Some(l),
             Err(e) => result
                 .not_done
-                .push(format!("append-to-visible lag: {e:#}")),
+                .push(format!("append-to-visible lag at half load: {e:#}")),
         }
+    }
+    if sizes.lag_only {
+        result.peak_rss = peak_rss(&stack);
+        stack.pool.close().await;
+        return Ok(result);
     }
     eprintln!(
         "   sustained: CreateTask at concurrency 64 for {} s, projection lag sampled",
@@ -530,16 +564,18 @@ async fn commands(stack: &Stack, concurrency: usize, ops: u64) -> anyhow::Result
 /// Append-to-visible lag with Kafka as the source: a second stack in the fresh database
 /// `options` (command API, `annals-relay`, `annals-projections --kafka-bootstrap`, query API;
 /// topics and consumer groups under a prefix of their own), `warmup` untimed commands (topic
-/// creation and the consumer groups' first assignment), then `ops` commands at `rate` per
-/// second, each followed by `GetTask` at its reply's position as in [`E2eResult::lag`].
+/// creation and the consumer groups' first assignment), then for each of `rates` `ops`
+/// commands at that rate per second, each followed by `GetTask` at its reply's position as in
+/// [`E2eResult::lag`]. One result per rate, in order; the outer error is a stack that could
+/// not be set up.
 pub async fn kafka_lag(
     bins: &Binaries,
     options: &PgConnectOptions,
     bootstrap: &str,
-    rate: f64,
+    rates: &[f64],
     warmup: u64,
     ops: u64,
-) -> anyhow::Result<LagRun> {
+) -> anyhow::Result<Vec<anyhow::Result<LagRun>>> {
     let relay_bin = bins
         .relay
         .as_ref()
@@ -598,10 +634,17 @@ pub async fn kafka_lag(
         .await
         .context("warm-up command")?;
     }
-    let result = lag(&stack, rate, ops).await;
+    let mut runs = Vec::with_capacity(rates.len());
+    for &rate in rates {
+        runs.push(
+            lag(&stack, rate, ops)
+                .await
+                .with_context(|| format!("at {rate:.0}/s")),
+        );
+    }
     stack.pool.close().await;
     drop(relay);
-    result
+    Ok(runs)
 }
 
 /// `CreateTask` closed loop at concurrency 64 for [`SUSTAINED`]; the tasks projection's backlog

@@ -50,6 +50,13 @@ struct Cli {
     /// `GroupCommitOptions::max_in_flight`; default: the store's default).
     #[arg(long)]
     group_in_flight: Option<usize>,
+    /// In the e2e suite run only the append-to-visible lag phases (store and Kafka source).
+    #[arg(long)]
+    lag_only: bool,
+    /// Rate of the e2e "half load" lag row, commands/s, instead of half the best measured
+    /// `CreateTask` rate (with `--lag-only` that row is skipped without it).
+    #[arg(long)]
+    lag_half_rate: Option<f64>,
     /// Directory of results.json and results.md.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -307,18 +314,22 @@ async fn main() -> anyhow::Result<()> {
                     },
                     query_ops: profile.query_ops(),
                     lag_ops: profile.lag_ops(),
+                    lag_only: cli.lag_only,
+                    half_rate: cli.lag_half_rate,
                     export_rows: profile.export_rows(),
                     queries_only,
                 };
                 match e2e::run(&bins, &options, &sizes).await {
                     Ok(mut r) => {
                         server.drop_db("e2e").await;
-                        let rate = r.lag.as_ref().map_or(200.0, |l| l.target_rate);
+                        let half = r.lag.as_ref().map(|l| l.target_rate);
                         match &cli.kafka_bootstrap {
                             _ if queries_only => {}
                             Some(bootstrap) => {
+                                let rates: Vec<f64> =
+                                    std::iter::once(e2e::FIXED_LAG_RATE).chain(half).collect();
                                 eprintln!(
-                                    "   append-to-visible lag with Kafka as the source: {} commands at {rate:.0}/s",
+                                    "   append-to-visible lag with Kafka as the source: {} commands at each of {rates:.0?}/s",
                                     sizes.lag_ops / 2
                                 );
                                 let options = server.fresh("e2e_kafka").await?;
@@ -326,13 +337,23 @@ async fn main() -> anyhow::Result<()> {
                                     &bins,
                                     &options,
                                     bootstrap,
-                                    rate,
+                                    &rates,
                                     50,
                                     sizes.lag_ops / 2,
                                 )
                                 .await
                                 {
-                                    Ok(l) => r.kafka_lag = Some(l),
+                                    Ok(runs) => {
+                                        for (i, run) in runs.into_iter().enumerate() {
+                                            match run {
+                                                Ok(l) if i == 0 => r.kafka_lag_fixed = Some(l),
+                                                Ok(l) => r.kafka_lag = Some(l),
+                                                Err(e) => r.not_done.push(format!(
+                                                    "lag with Kafka as the source: {e:#}"
+                                                )),
+                                            }
+                                        }
+                                    }
                                     Err(e) => r
                                         .not_done
                                         .push(format!("lag with Kafka as the source: {e:#}")),
