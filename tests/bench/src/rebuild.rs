@@ -1,6 +1,7 @@
 //! Projection rebuild: every read model rebuilt from stored events with the projections crate's
-//! [`rebuild_all`] API (every projection in one pass), against a raw floor (batched read of `events` plus a set-based upsert of a
-//! per-stream row and an insert of one audit row per event, in one transaction per batch).
+//! [`rebuild_all`] API (every projection in one pass), against a raw floor (batched read of
+//! `events` plus a set-based upsert of a per-stream row and an insert of one audit row per
+//! event, in one transaction per batch).
 
 use std::time::Instant;
 
@@ -116,10 +117,17 @@ pub async fn run(store: &EventStore, stored: u64) -> anyhow::Result<RebuildResul
     sqlx::raw_sql("VACUUM ANALYZE")
         .execute(store.pool())
         .await?;
-    let options = RebuildOptions {
+    let mut options = RebuildOptions {
         progress: false,
         ..RebuildOptions::default()
     };
+    // For comparing batch sizes by hand; the reported figure uses the rebuild's default.
+    if let Some(size) = std::env::var("ANNALS_BENCH_REBUILD_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        options.batch_size = size;
+    }
     let all = projections::models::all();
     let started = Instant::now();
     let reports = rebuild_all(store, &all, &options)
