@@ -176,8 +176,7 @@ impl AuditProjection {
                     fields: Map::new(),
                     last_position: pos,
                 });
-            let changes = diff(&state.fields, &fields);
-            state.fields.extend(fields);
+            let changes = diff_into(&mut state.fields, fields);
             state.last_position = pos;
             log.global_position.push(pos);
             log.event_id.push(event.event_id);
@@ -188,7 +187,7 @@ impl AuditProjection {
             log.resource_type.push(&event.stream_type);
             log.resource_id.push(&event.stream_id);
             log.resource_version.push(super::version(event));
-            log.changes.push(Value::Object(changes).to_string());
+            log.changes.push(changes);
             log.command_id.push(meta.command_id);
             log.correlation_id.push(meta.correlation_id);
             log.causation_id.push(meta.causation_id);
@@ -208,22 +207,37 @@ impl AuditProjection {
     }
 }
 
-/// `{field: {"before": .., "after": ..}}` for every field of `after` whose value differs from
-/// `before` (a missing field differs from everything, JSON null included, like SQL's
-/// `IS DISTINCT FROM` over `jsonb` with a missing key).
-fn diff(before: &Map<String, Value>, after: &Map<String, Value>) -> Map<String, Value> {
-    let mut changes = Map::new();
+/// `{field: {"before": .., "after": ..}}` as JSON text for every field of `after` whose value
+/// differs from `before` (a missing field differs from everything, JSON null included, like
+/// SQL's `IS DISTINCT FROM` over `jsonb` with a missing key); `after`'s fields then move into
+/// `before`. Written straight into the text (fields in key order): no map of changes, no
+/// copies of the values.
+fn diff_into(before: &mut Map<String, Value>, after: Map<String, Value>) -> String {
+    let mut out = String::from("{");
     for (key, value) in after {
-        let old = before.get(key);
-        if old.is_some_and(|old| same(old, value)) {
-            continue;
+        let old = before.get(&key);
+        if !old.is_some_and(|old| same(old, &value)) {
+            if out.len() > 1 {
+                out.push(',');
+            }
+            push_json(&mut out, &Value::String(key.clone()));
+            out.push_str(":{\"before\":");
+            push_json(&mut out, old.unwrap_or(&Value::Null));
+            out.push_str(",\"after\":");
+            push_json(&mut out, &value);
+            out.push('}');
         }
-        let mut change = Map::new();
-        change.insert("before".into(), old.cloned().unwrap_or(Value::Null));
-        change.insert("after".into(), value.clone());
-        changes.insert(key.clone(), Value::Object(change));
+        before.insert(key, value);
     }
-    changes
+    out.push('}');
+    out
+}
+
+/// Appends `value` as JSON text (what `Value::to_string` gives, without a new string).
+fn push_json(out: &mut String, value: &Value) {
+    use std::fmt::Write;
+    // Writing into a `String` cannot fail.
+    let _ = write!(out, "{value}");
 }
 
 /// `jsonb` equality: numbers compare by value (`1` equals `1.0`), everything else structurally.
@@ -282,6 +296,28 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn diff_records_changed_and_new_fields_and_moves_them_into_the_state() {
+        let mut state = json!({"a": 1, "b": "x", "keep": [1]})
+            .as_object()
+            .cloned()
+            .unwrap();
+        let after = json!({"a": 1.0, "b": "y", "c": null, "keep": [1]})
+            .as_object()
+            .cloned()
+            .unwrap();
+        let changes: Value = serde_json::from_str(&diff_into(&mut state, after)).unwrap();
+        assert_eq!(
+            changes,
+            json!({"b": {"before": "x", "after": "y"}, "c": {"before": null, "after": null}})
+        );
+        assert_eq!(
+            Value::Object(state),
+            json!({"a": 1.0, "b": "y", "c": null, "keep": [1]})
+        );
+        assert_eq!(diff_into(&mut Map::new(), Map::new()), "{}");
+    }
 
     #[test]
     fn flattens_nested_objects_and_patches() {

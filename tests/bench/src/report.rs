@@ -446,7 +446,7 @@ impl Report {
                 "| annals, all projections ({}) | {} | {:.1} | {} |",
                 r.per_projection
                     .iter()
-                    .map(|(n, e, secs)| format!("{n}: {e} ev {secs:.1} s"))
+                    .map(|(n, e, secs)| format!("{n}: {e} ev, busy {secs:.1} s"))
                     .collect::<Vec<_>>()
                     .join(", "),
                 fmt_rate(r.annals.events_per_sec),
