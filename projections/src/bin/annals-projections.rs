@@ -24,7 +24,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use event_store::{CheckpointOptions, EventStore, SealerOptions};
-use projections::rebuild::{RebuildOptions, rebuild};
+use projections::rebuild::{RebuildOptions, rebuild_all};
 use projections::worker::{self, KafkaWorkerConfig, WorkerConfig};
 use projections::{dead_letters, lag, models};
 use sqlx::postgres::PgPoolOptions;
@@ -204,13 +204,15 @@ async fn main() -> anyhow::Result<()> {
                 progress: !no_progress,
                 ..RebuildOptions::default()
             };
-            for p in targets {
-                let report = rebuild(&store, p.clone(), &options).await?;
+            // One pass over the store for every named projection, swapped in together.
+            let reports = rebuild_all(&store, &targets, &options).await?;
+            for (p, report) in targets.iter().zip(&reports) {
                 println!(
-                    "{}: {} events, position {}, {:.1}s",
+                    "{}: {} events, position {}, busy {:.1}s of {:.1}s",
                     p.name(),
                     report.events,
                     report.position,
+                    report.busy.as_secs_f64(),
                     report.elapsed.as_secs_f64()
                 );
             }
