@@ -23,6 +23,22 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
     SELECT hashtextextended('annals.stream:' || length(p_tenant)::text || ':' || p_tenant || ':' || p_stream, 0)
 $$;
 
+-- The answer to a replayed command: its events, which occupy the contiguous positions
+-- [p_first, p_first + p_count), as the JSON the store decodes (`writer::replayed`). One
+-- definition for both paths of annals_append_group and for EventStore::command_result.
+CREATE FUNCTION annals_command_events(p_first BIGINT, p_count INTEGER) RETURNS TEXT
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT jsonb_build_object(
+               'events', jsonb_agg(jsonb_build_object(
+                   'event_id', ev.event_id, 'stream_id', ev.stream_id,
+                   'stream_version', ev.stream_version,
+                   'global_position', ev.global_position) ORDER BY ev.global_position),
+               'recorded_at', min(ev.recorded_at))::text
+      FROM events ev
+     WHERE ev.global_position >= p_first
+       AND ev.global_position < p_first + p_count
+$$;
+
 CREATE OR REPLACE FUNCTION annals_append_group(
     p_it_command_ids  UUID[],
     p_it_fingerprints BYTEA[],
@@ -161,16 +177,7 @@ BEGIN
                 r_status := 3;
             ELSE
                 r_status := 1;
-                r_detail := coalesce(v_result, (
-                    SELECT jsonb_build_object(
-                        'events', jsonb_agg(jsonb_build_object(
-                            'event_id', ev.event_id, 'stream_id', ev.stream_id,
-                            'stream_version', ev.stream_version,
-                            'global_position', ev.global_position) ORDER BY ev.global_position),
-                        'recorded_at', min(ev.recorded_at))::text
-                      FROM events ev
-                     WHERE ev.global_position >= v_first
-                       AND ev.global_position < v_first + v_count));
+                r_detail := coalesce(v_result, annals_command_events(v_first, v_count));
             END IF;
             RETURN NEXT;
             RETURN;
@@ -339,16 +346,7 @@ BEGIN
             it_detail[i] := lg_result[j];
         ELSE
             it_status[i] := 1;
-            it_detail[i] := (
-                SELECT jsonb_build_object(
-                    'events', jsonb_agg(jsonb_build_object(
-                        'event_id', ev.event_id, 'stream_id', ev.stream_id,
-                        'stream_version', ev.stream_version,
-                        'global_position', ev.global_position) ORDER BY ev.global_position),
-                    'recorded_at', min(ev.recorded_at))::text
-                  FROM events ev
-                 WHERE ev.global_position >= lg_first[j]
-                   AND ev.global_position < lg_first[j] + lg_count[j]);
+            it_detail[i] := annals_command_events(lg_first[j], lg_count[j]);
         END IF;
     END LOOP;
     FOR s IN 1 .. n_slots LOOP

@@ -22,16 +22,8 @@ use crate::writer::{GroupCommitOptions, GroupCommitStats, GroupWriter, Prepared}
 /// A command's stored result: the JSON kept for commands logged before group commit, else its
 /// events, which occupy a contiguous range of positions.
 const LOGGED_COMMAND: &str = "\
-    SELECT cl.fingerprint, coalesce(cl.result::text, (
-             SELECT jsonb_build_object(
-                      'events', jsonb_agg(jsonb_build_object(
-                          'event_id', ev.event_id, 'stream_id', ev.stream_id,
-                          'stream_version', ev.stream_version,
-                          'global_position', ev.global_position) ORDER BY ev.global_position),
-                      'recorded_at', min(ev.recorded_at))::text
-               FROM events ev
-              WHERE ev.global_position >= cl.first_position
-                AND ev.global_position < cl.first_position + cl.event_count))
+    SELECT cl.fingerprint,
+           coalesce(cl.result::text, annals_command_events(cl.first_position, cl.event_count))
       FROM command_log cl WHERE cl.tenant_id = $1 AND cl.command_id = $2";
 
 const REBASE_POSITIONS: &str =
